@@ -1,0 +1,58 @@
+"""create_app(settings): routers, error handlers, the database, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from chatplane import __version__
+from chatplane.agents.routes import router as agents_router
+from chatplane.db import create_engine, create_sessionmaker
+from chatplane.errors import install_error_handlers
+from chatplane.limits import BodyLimit
+from chatplane.llms.routes import router as llms_router
+from chatplane.settings import Settings
+from chatplane.workspaces.routes import router as workspaces_router
+
+DESCRIPTION = """\
+Self-hosted chat agents speaking the UponAI Platform chat API.
+
+Every `/api` call takes `Authorization: Bearer <api key>` and names its
+workspace: `workspaceId` in the JSON body (POST/PATCH) or the query
+(GET/DELETE). A resource of another workspace answers 404 exactly like a
+missing one. Errors are `{"error": {"code", "message", "field"?, "details"?}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        app.state.engine = engine
+        app.state.sessions = create_sessionmaker(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="chatplane",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in (workspaces_router, llms_router, agents_router):
+        app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
+    return app

@@ -1,0 +1,155 @@
+"""One error tree; each error carries its HTTP status and a stable code.
+
+Every failure leaves the server as ``{"error": {"code", "message", ...}}``.
+Domain code raises these; only ``install_error_handlers`` knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.field = field
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field:
+            error["field"] = self.field
+        return {"error": error}
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+
+
+class InvalidInput(AppError):
+    """A body that parses but breaks a rule the schema cannot express."""
+
+    status = 422
+    code = "validation_error"
+
+    def __init__(self, message: str, *, field: str | None = None, details: list | None = None):
+        super().__init__(f"{field}: {message}" if field and not details else message, field=field)
+        self.details = details or [{"field": field or "body", "message": message}]
+
+    @classmethod
+    def from_pydantic(cls, errors: list[dict[str, Any]], *, prefix: tuple[Any, ...] = ()) -> InvalidInput:
+        body = validation_body([{**e, "loc": prefix + tuple(e.get("loc", ()))} for e in errors])
+        error = body["error"]
+        return cls(error["message"], field=error["field"], details=error["details"])
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["details"] = self.details
+        return body
+
+
+class FieldError(ValueError):
+    """Raised by a schema's cross-field check to name the field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    # Drop the "body"/"query" prefix FastAPI adds; keep list indexes readable.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out or "body"
+
+
+def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    details = []
+    for err in errors:
+        field = _field_name(tuple(err.get("loc", ())))
+        message = err.get("msg", "invalid")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ValueError):
+            message = str(cause)
+            if isinstance(cause, FieldError):
+                field = f"{field}.{cause.field}" if field != "body" else cause.field
+        if err.get("type") == "json_invalid":
+            field, message = "body", "body is not valid JSON"
+        details.append({"field": field, "message": message})
+    first = details[0] if details else {"field": "body", "message": "invalid request"}
+    return {
+        "error": {
+            "code": "validation_error",
+            "message": f"{first['field']}: {first['message']}",
+            "field": first["field"],
+            "details": details,
+        }
+    }
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_body(list(exc.errors())), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return JSONResponse(
+            {"error": {"code": code, "message": message}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the caller's fault: log it whole, tell the caller nothing internal.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"error": {"code": "internal_error", "message": "internal server error"}},
+            status_code=500,
+        )

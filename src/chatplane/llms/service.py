@@ -1,0 +1,51 @@
+"""LLM configurations: create, read, edit, publish, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatplane import configs
+from chatplane.errors import Conflict, InvalidInput
+from chatplane.llms.schemas import LlmConfig
+from chatplane.models import ChatAgent, Llm
+from chatplane.schemas import validate_merged
+from chatplane.settings import Settings
+
+
+def _check_model(config: LlmConfig, settings: Settings) -> dict[str, Any]:
+    data = config.model_dump(mode="json", exclude={"workspace_id"})
+    data["model"] = data["model"] or settings.default_model
+    if data["model"] not in settings.model_names:
+        known = ", ".join(sorted(settings.model_names))
+        raise InvalidInput(f"unknown model {data['model']!r}; this server offers: {known}", field="model")
+    return data
+
+
+async def create_llm(session: AsyncSession, *, workspace_id: int, config: LlmConfig, settings: Settings) -> Llm:
+    return await configs.create(
+        session, Llm, workspace_id=workspace_id, config=_check_model(config, settings)
+    )
+
+
+async def update_llm(
+    session: AsyncSession, *, workspace_id: int, llm_id: str, patch: dict[str, Any], settings: Settings
+) -> Llm:
+    row = await configs.get(session, Llm, workspace_id=workspace_id, id=llm_id, for_update=True)
+    merged = validate_merged(LlmConfig, row.config, patch)
+    return await configs.save(session, row, config=_check_model(merged, settings))  # type: ignore[arg-type]
+
+
+async def delete_llm(session: AsyncSession, *, workspace_id: int, llm_id: str) -> None:
+    user = await session.scalar(
+        select(ChatAgent.id).where(
+            ChatAgent.workspace_id == workspace_id,
+            ChatAgent.llm_id == llm_id,
+            ChatAgent.deleted_at.is_(None),
+        ).limit(1)
+    )
+    if user is not None:
+        raise Conflict(f"LLM {llm_id} is used by chat agent {user}; delete or repoint it first", code="llm_in_use")
+    await configs.soft_delete(session, Llm, workspace_id=workspace_id, id=llm_id)

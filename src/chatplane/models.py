@@ -1,0 +1,111 @@
+"""Tables.
+
+Agent and LLM configurations are versioned: one row per (id, version), the
+configuration itself in a JSON column validated by the feature's schemas on
+the way in. Deletion is soft (``deleted_at``) so that chats that ran on a
+configuration keep pointing at something real.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, MetaData, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from chatplane.db import UTCDateTime, utcnow
+
+# Named constraints: Alembic's batch mode on SQLite needs names to alter them.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # SHA-256 of the key: keys are 256-bit random, so a fast hash is enough and
+    # lets every request find its key with one indexed lookup.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ApiKeyWorkspace(Base):
+    __tablename__ = "api_key_workspaces"
+
+    api_key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class VersionedConfig:
+    """Columns shared by every versioned configuration table."""
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"))
+    is_published: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Exactly one row per id is the latest version; lists and reads without a
+    # version go through it.
+    is_latest: Mapped[bool] = mapped_column(Boolean, default=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Llm(VersionedConfig, Base):
+    __tablename__ = "llms"
+    __table_args__ = (
+        Index(
+            "ix_llms_workspace_latest",
+            "workspace_id",
+            "id",
+            postgresql_where=text("is_latest AND deleted_at IS NULL"),
+            sqlite_where=text("is_latest AND deleted_at IS NULL"),
+        ),
+    )
+
+
+class ChatAgent(VersionedConfig, Base):
+    __tablename__ = "chat_agents"
+
+    # Copied out of config.response_engine so "which agents use this LLM" is
+    # an indexed lookup rather than a JSON scan.
+    llm_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    __table_args__ = (
+        Index(
+            "ix_chat_agents_workspace_latest",
+            "workspace_id",
+            "id",
+            postgresql_where=text("is_latest AND deleted_at IS NULL"),
+            sqlite_where=text("is_latest AND deleted_at IS NULL"),
+        ),
+    )

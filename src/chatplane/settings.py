@@ -1,0 +1,142 @@
+"""One typed settings object, read once at start-up.
+
+Sources, highest precedence first: keyword arguments (tests), ``CHATPLANE_*``
+environment variables (nested fields with ``__``, e.g.
+``CHATPLANE_SERVER__PORT``), then the TOML file named by ``CHATPLANE_CONFIG``.
+Every field has a default, so a bare ``chatplane serve`` needs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "chatplane"
+
+
+class ModelPrice(BaseModel):
+    """A model a provider serves, with what one million tokens cost in USD."""
+
+    name: str = Field(description="The name agents use in `model`, e.g. `gpt-4.1-mini`.")
+    upstream_name: str | None = Field(
+        default=None, description="The name sent to the provider, when it differs from `name`."
+    )
+    input_per_million: float = Field(default=0.0, ge=0, description="USD per 1M input tokens.")
+    output_per_million: float = Field(default=0.0, ge=0, description="USD per 1M output tokens.")
+
+
+class Provider(BaseModel):
+    """An OpenAI-compatible endpoint and the models it serves."""
+
+    name: str = Field(description="A label for logs and errors.")
+    base_url: str = Field(description="e.g. `https://api.openai.com/v1`.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the key (never the key itself).",
+    )
+    models: list[ModelPrice] = Field(default_factory=list)
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(default=2, ge=0, le=10, description="Retries on 429/5xx/connect errors.")
+
+
+class ServerSettings(BaseModel):
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Request bodies larger than this answer 413."
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATPLANE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the default SQLite file lives.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL. Unset: a SQLite file in `data_dir`. "
+            "PostgreSQL: `postgresql+asyncpg://user@host/db`."
+        ),
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, description="Connections per process on PostgreSQL (SQLite uses one)."
+    )
+    bootstrap_api_key: SecretStr | None = Field(
+        default=None,
+        description="Used as the first API key when `serve` starts on an empty database.",
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    providers: list[Provider] = Field(
+        default_factory=list, description="OpenAI-compatible endpoints, in addition to the embedded model."
+    )
+    embedded_model: str = Field(
+        default=EMBEDDED_MODEL, description="Name under which the embedded model is offered."
+    )
+    default_model: str = Field(
+        default=EMBEDDED_MODEL, description="Model of an LLM configuration that names none."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Accept the URLs people paste from elsewhere and pick the async drivers.
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix):]
+        if value.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + value[len("sqlite:///"):]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CHATPLANE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'chatplane.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @cached_property
+    def model_names(self) -> frozenset[str]:
+        """Every model name an LLM configuration may use."""
+        names = {self.embedded_model}
+        for provider in self.providers:
+            names.update(model.name for model in provider.models)
+        return frozenset(names)

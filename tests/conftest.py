@@ -1,0 +1,192 @@
+"""Test harness: every test runs on a real SQLite file and on real PostgreSQL.
+
+A session-scoped ``backend`` (parametrised sqlite/postgresql) makes a fresh
+database, migrates it with the real Alembic history and serves the real app
+with uvicorn on a loopback socket. Tests talk HTTP to it. Each test gets its
+own workspace and key (``api``), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from chatplane import auth
+from chatplane.app import create_app
+from chatplane.cli import run_in_transaction
+from chatplane.db import migrate
+from chatplane.settings import Settings
+
+PG_ADMIN_URL = os.environ.get(
+    "CHATPLANE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+async def _pg_admin(sql: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+def create_pg_database() -> str:
+    """A new, empty PostgreSQL database; returns its URL."""
+    name = f"chatplane_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def fresh_settings(kind: str, tmp: Path, **overrides: Any) -> Settings:
+    if kind == "sqlite":
+        return Settings(data_dir=tmp, **overrides)
+    return Settings(data_dir=tmp, database_url=create_pg_database(), **overrides)
+
+
+def dispose_settings(settings: Settings) -> None:
+    if not settings.is_sqlite:
+        drop_pg_database(settings.resolved_database_url)
+
+
+class ServerThread:
+    """The real app under uvicorn on a loopback socket, in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        for _ in range(500):
+            if self.server.started:
+                return self
+            if not self.thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        raise RuntimeError("test server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@dataclass
+class Backend:
+    kind: str
+    settings: Settings
+    url: str
+
+    def run(self, work):  # type: ignore[no-untyped-def]
+        """Run ``work(session)`` in one committed transaction on this database."""
+        return run_in_transaction(self.settings, work)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    settings = fresh_settings(request.param, tmp_path_factory.mktemp(request.param))
+    try:
+        migrate(settings)
+        with ServerThread(settings) as server:
+            yield Backend(request.param, settings, server.url)
+    finally:
+        dispose_settings(settings)
+
+
+class Api:
+    """An HTTP client for one workspace, with its key."""
+
+    def __init__(self, backend: Backend, workspace_id: int, key: str) -> None:
+        self.backend = backend
+        self.ws = workspace_id
+        self.key = key
+        self.http = httpx.Client(
+            base_url=backend.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        params.setdefault("workspaceId", self.ws)
+        return self.http.get(path, params=params)
+
+    def delete(self, path: str, **params: Any) -> httpx.Response:
+        params.setdefault("workspaceId", self.ws)
+        return self.http.delete(path, params=params)
+
+    def post(self, path: str, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
+        return self.http.post(path, json={"workspaceId": self.ws, **(body or {})}, **kw)
+
+    def patch(self, path: str, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
+        return self.http.patch(path, json={"workspaceId": self.ws, **(body or {})}, **kw)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def make_api(backend: Backend, name: str = "test") -> Api:
+    async def work(session):  # type: ignore[no-untyped-def]
+        workspace = await auth.create_workspace(session, name=name)
+        _, secret = await auth.create_key(session, workspace_ids=[workspace.id], name=name)
+        return workspace.id, secret
+
+    workspace_id, secret = backend.run(work)
+    return Api(backend, workspace_id, secret)
+
+
+@pytest.fixture
+def api(backend: Backend) -> Iterator[Api]:
+    client = make_api(backend, "mine")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def other(backend: Backend) -> Iterator[Api]:
+    """A second tenant: its key and ids must never reach ``api``'s data."""
+    client = make_api(backend, "theirs")
+    yield client
+    client.close()
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
+    """The one error shape: status, machine code, and the field at fault when given."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error["message"], str) and error["message"], body
+    if code is not None:
+        assert error["code"] == code, body
+    if field is not None:
+        assert error.get("field") == field, body
+    return error
