@@ -28,7 +28,8 @@ from chatplane import auth
 from chatplane.app import create_app
 from chatplane.cli import run_in_transaction
 from chatplane.db import migrate
-from chatplane.settings import Settings
+from chatplane.settings import ModelPrice, Provider, Settings
+from chatplane.testing import ScriptedModel
 
 PG_ADMIN_URL = os.environ.get(
     "CHATPLANE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -57,10 +58,42 @@ def drop_pg_database(url: str) -> None:
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+SCRIPTED = "scripted-model"  # retried like a real provider
+SCRIPTED_NO_RETRY = "scripted-no-retry"  # fails fast: one try, short timeout
+
+
+def scripted_providers(model: ScriptedModel) -> list[Provider]:
+    return [
+        Provider(
+            name="scripted", base_url=model.base_url, timeout_s=5, max_retries=2,
+            models=[ModelPrice(name=SCRIPTED, input_per_million=1.0, output_per_million=2.0)],
+        ),
+        Provider(
+            name="scripted-fast", base_url=model.base_url, timeout_s=0.5, max_retries=0,
+            models=[ModelPrice(name=SCRIPTED_NO_RETRY, upstream_name=SCRIPTED)],
+        ),
+    ]
+
+
 def fresh_settings(kind: str, tmp: Path, **overrides: Any) -> Settings:
     if kind == "sqlite":
         return Settings(data_dir=tmp, **overrides)
     return Settings(data_dir=tmp, database_url=create_pg_database(), **overrides)
+
+
+@pytest.fixture(scope="session")
+def scripted_model() -> Iterator[ScriptedModel]:
+    model = ScriptedModel().start_in_thread()
+    yield model
+    model.stop()
+
+
+@pytest.fixture
+def model(scripted_model: ScriptedModel) -> Iterator[ScriptedModel]:
+    """The scripted model endpoint, with an empty script for this test."""
+    scripted_model.reset()
+    yield scripted_model
+    scripted_model.reset()
 
 
 def dispose_settings(settings: Settings) -> None:
@@ -114,8 +147,12 @@ class Backend:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    settings = fresh_settings(request.param, tmp_path_factory.mktemp(request.param))
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, scripted_model: ScriptedModel
+) -> Iterator[Backend]:
+    settings = fresh_settings(
+        request.param, tmp_path_factory.mktemp(request.param), providers=scripted_providers(scripted_model)
+    )
     try:
         migrate(settings)
         with ServerThread(settings) as server:

@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncio
+
 from fastapi import FastAPI
 
 from chatplane import __version__
 from chatplane.agents.routes import router as agents_router
+from chatplane.chats.locks import TurnLocks
+from chatplane.chats.routes import router as chats_router
+from chatplane.chats.turns import Turns
 from chatplane.db import create_engine, create_sessionmaker
 from chatplane.errors import install_error_handlers
 from chatplane.limits import BodyLimit
 from chatplane.llms.routes import router as llms_router
+from chatplane.providers import Registry
 from chatplane.settings import Settings
 from chatplane.workspaces.routes import router as workspaces_router
 
@@ -34,9 +40,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessions = create_sessionmaker(engine)
+        app.state.registry = Registry(settings)
+        locks = TurnLocks(engine, lock_file=settings.sqlite_path.with_suffix(".turnlocks") if settings.is_sqlite else None)
+        app.state.turns = Turns(app.state.sessions, app.state.registry, locks)
+        app.state.background = set()
         try:
             yield
         finally:
+            # Let turns whose clients went away finish and be stored.
+            if app.state.background:
+                await asyncio.wait(app.state.background, timeout=settings.server.shutdown_grace_s)
+            await locks.aclose()
+            await app.state.registry.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -47,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in (workspaces_router, llms_router, agents_router):
+    for router in (workspaces_router, llms_router, agents_router, chats_router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

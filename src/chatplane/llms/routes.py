@@ -16,7 +16,10 @@ from chatplane.schemas import WorkspaceBody
 
 router = APIRouter(prefix="/api/llms", tags=["LLM Models"])
 
-VersionQuery = Annotated[int | None, Query(ge=1, description="A version; the latest if unset.")]
+# Bounded so a huge number is a 422, not a database overflow (versions are INTEGER).
+VersionQuery = Annotated[
+    int | None, Query(ge=1, le=2_147_483_647, description="A version; the latest if unset.")
+]
 
 
 def llm_out(row: Llm) -> dict:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from chatplane.errors import FieldError
 from chatplane.schemas import (
@@ -19,6 +19,30 @@ from chatplane.schemas import (
     partial_model,
     unique_names,
 )
+
+MAX_PARAMETERS_DEPTH = 32
+
+
+def _not_too_deep(value: Any) -> Any:
+    """Refuse deeply nested `parameters` before they are checked or stored.
+
+    Checking a JSON schema recurses once per level (RecursionError near 100
+    nested properties) and serialising stops at 255 levels: either would be a
+    500 for what is the caller's mistake.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_PARAMETERS_DEPTH:
+                raise ValueError(f"nested more than {MAX_PARAMETERS_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+# The depth check wraps the schema check, so it runs first.
+Parameters = Annotated[ObjectSchema, BeforeValidator(_not_too_deep)]
 
 
 class EndChatTool(StrictModel):
@@ -35,7 +59,7 @@ class CustomTool(StrictModel):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
     query_params: dict[str, str] = Field(default_factory=dict)
-    parameters: ObjectSchema | None = None
+    parameters: Parameters | None = None
     args_at_root: bool = Field(
         default=False, description="Send the arguments as the body itself, not under `args`."
     )
@@ -67,7 +91,7 @@ Tool = Annotated[
 class StateEdge(StrictModel):
     destination_state_name: Name
     description: str = Field(max_length=2000)
-    parameters: ObjectSchema | None = None
+    parameters: Parameters | None = None
 
 
 class State(StrictModel):

@@ -1,0 +1,125 @@
+"""One turn at a time per chat, in arrival order, across processes.
+
+Two layers. In a process, an ``asyncio.Lock`` per chat queues requests in the
+order they reach it (asyncio locks are FIFO), so only the head of each chat's
+queue ever touches the cross-process layer. Across processes:
+
+- PostgreSQL: a session-level advisory lock per chat, taken with
+  ``pg_try_advisory_lock`` on one dedicated connection per process. Nothing
+  waits on the database (no connection is held per waiting request); if the
+  process dies, its connection closes and its locks go with it.
+- SQLite: a POSIX byte-range lock per chat on a lock file beside the
+  database, which the kernel drops when the process dies.
+
+The head of a queue polls the cross-process lock with a short backoff; that
+only happens when two processes serve the same chat at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+_MAX_WAIT_S = 0.02
+
+
+def lock_key(chat_id: str) -> int:
+    """A signed 63-bit key (fits PostgreSQL's bigint and a file offset)."""
+    return int.from_bytes(hashlib.blake2b(chat_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+class _PgAdvisory:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.conn: AsyncConnection | None = None
+        self.mutex = asyncio.Lock()
+
+    async def _execute(self, sql: str, key: int) -> bool:
+        async with self.mutex:
+            if self.conn is None or self.conn.closed:
+                self.conn = await self.engine.connect()
+                await self.conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                return bool(await self.conn.scalar(text(sql), {"k": key}))
+            except Exception:
+                # A broken connection lost its locks with it; start afresh.
+                await self._reset()
+                raise
+
+    async def try_acquire(self, key: int) -> bool:
+        return await self._execute("SELECT pg_try_advisory_lock(:k)", key)
+
+    async def release(self, key: int) -> None:
+        await self._execute("SELECT pg_advisory_unlock(:k)", key)
+
+    async def _reset(self) -> None:
+        if self.conn is not None:
+            try:
+                await self.conn.close()
+            except Exception:  # noqa: BLE001 - already broken; closing is best effort
+                pass
+        self.conn = None
+
+    async def aclose(self) -> None:
+        async with self.mutex:
+            await self._reset()
+
+
+class _FileLocks:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    async def try_acquire(self, key: int) -> bool:
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, key)
+        except (BlockingIOError, PermissionError):
+            return False
+        return True
+
+    async def release(self, key: int) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, key)
+
+    async def aclose(self) -> None:
+        os.close(self.fd)
+
+
+class TurnLocks:
+    def __init__(self, engine: AsyncEngine, *, lock_file: Path | None) -> None:
+        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._shared = _FileLocks(lock_file) if lock_file else _PgAdvisory(engine)
+
+    @asynccontextmanager
+    async def hold(self, chat_id: str) -> AsyncIterator[None]:
+        lock, users = self._local.get(chat_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._local[chat_id] = (lock, users + 1)
+        try:
+            async with lock:
+                key = lock_key(chat_id)
+                wait = 0.001
+                while not await self._shared.try_acquire(key):
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, _MAX_WAIT_S)
+                try:
+                    yield
+                finally:
+                    await asyncio.shield(self._shared.release(key))
+        finally:
+            lock, users = self._local[chat_id]
+            if users == 1:
+                del self._local[chat_id]
+            else:
+                self._local[chat_id] = (lock, users - 1)
+
+    async def aclose(self) -> None:
+        await self._shared.aclose()

@@ -1,0 +1,103 @@
+"""Chat shapes, as the seeds define them (camelCase, with their two snake_case
+exceptions: ``uponai_dynamic_variables`` and ``tool_calls``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from chatplane.schemas import StrictModel, Variables, WorkspaceId
+
+ChatStatus = Literal["ongoing", "ended", "error"]
+ChatType = Literal["api_chat", "web_chat", "sms_chat"]
+StringMap = dict[str, str]
+
+
+class CreateChatRequest(StrictModel):
+    workspace_id: WorkspaceId
+    agent_id: str = Field(min_length=1, max_length=64)
+    agent_version: int | None = Field(
+        default=None, ge=1, description="Run on this agent version; the latest if unset."
+    )
+    metadata: StringMap = Field(default_factory=dict)
+    uponai_dynamic_variables: Variables = Field(default_factory=dict)
+
+
+class ChatCompletionRequest(StrictModel):
+    workspace_id: WorkspaceId
+    content: str = Field(min_length=1, max_length=32_000, description="The user's message.")
+
+
+class UpdateChatRequest(StrictModel):
+    workspace_id: WorkspaceId
+    metadata: StringMap | None = Field(default=None, description="Replaces the chat's metadata.")
+    custom_attributes: StringMap | None = Field(
+        default=None, description="Replaces the chat's custom attributes."
+    )
+    override_dynamic_variables: Variables | None = Field(
+        default=None,
+        description="Replaces the overrides; they win over every other variable but collected ones.",
+    )
+
+
+class ToolCallResult(BaseModel):
+    content: str
+    successful: bool
+
+
+class Message(BaseModel):
+    role: Literal["assistant", "user"]
+    content: str
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="OpenAI-shaped calls `{id, type, function: {name, arguments}}`, each with its `result`.",
+    )
+    messageId: str
+    createdAt: datetime
+
+
+class ChatCompletionResponse(BaseModel):
+    messages: list[Message] = Field(description="What the agent produced in this turn (not the user's message).")
+
+
+class ProductCost(BaseModel):
+    product: str
+    unitPrice: float
+    cost: float
+
+
+class ChatCost(BaseModel):
+    productCosts: list[ProductCost]
+    combinedCost: float
+
+
+class ChatSummary(BaseModel):
+    """A chat in a list: everything but its messages and transcript."""
+
+    chatId: str
+    agentId: str
+    version: int = Field(description="The agent version the chat runs on.")
+    status: ChatStatus
+    type: ChatType
+    metadata: StringMap
+    customAttributes: StringMap
+    startedAt: datetime | None
+    endedAt: datetime | None
+    chatCost: dict[str, Any] | None
+    chatAnalysis: dict[str, Any] | None
+    collectedDynamicVariables: dict[str, Any]
+    uponai_dynamic_variables: StringMap
+    overrideDynamicVariables: StringMap
+
+
+class Chat(ChatSummary):
+    transcript: str | None = Field(description='"Agent: …\\nUser: …\\n", one line per message.')
+    messages: list[Message]
+
+
+class ChatList(BaseModel):
+    data: list[ChatSummary]
+    pagination_key: str | None

@@ -1,0 +1,251 @@
+"""Chats: start, read, list, edit, end, delete. (Turns are in ``turns.py``.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatplane import configs
+from chatplane.chats.prompt import merge_variables, render, transcript
+from chatplane.db import utcnow
+from chatplane.errors import Conflict, NotFound
+from chatplane.ids import new_id
+from chatplane.models import Chat, ChatAgent, ChatMessage, Llm
+from chatplane.pagination import PageRequest, page_of
+
+
+def chat_not_found(chat_id: str) -> NotFound:
+    return NotFound(f"chat {chat_id} not found", code="chat_not_found")
+
+
+def chat_ended(chat: Chat) -> Conflict:
+    return Conflict(f"chat {chat.id} has ended", code="chat_ended")
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """The agent and LLM configurations a chat runs on."""
+
+    agent: dict[str, Any]
+    llm: dict[str, Any]
+
+
+def system_variables(chat: Chat) -> dict[str, str]:
+    return {"chat_id": chat.id}
+
+
+def chat_variables(chat: Chat, versions: Versions) -> dict[str, str]:
+    """Every ``{{variable}}`` of the chat, by the documented precedence."""
+    return merge_variables(
+        versions.llm.get("default_dynamic_variables"),
+        versions.agent.get("uponai_dynamic_variables"),
+        chat.dynamic_variables,
+        chat.override_dynamic_variables,
+        chat.collected_dynamic_variables,
+        system_variables(chat),
+    )
+
+
+async def resolve_versions(
+    session: AsyncSession, *, workspace_id: int, agent_id: str, agent_version: int | None
+) -> tuple[ChatAgent, Llm]:
+    agent = await configs.get(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=agent_version)
+    engine = agent.config["response_engine"]
+    try:
+        llm = await configs.get(
+            session, Llm, workspace_id=workspace_id, id=engine["llm_id"], version=engine.get("version")
+        )
+    except NotFound:
+        raise Conflict(
+            f"chat agent {agent_id} uses LLM {engine['llm_id']}, which no longer exists",
+            code="llm_missing",
+        ) from None
+    return agent, llm
+
+
+async def create_chat(
+    session: AsyncSession,
+    *,
+    workspace_id: int,
+    agent_id: str,
+    agent_version: int | None = None,
+    metadata: dict[str, str] | None = None,
+    dynamic_variables: dict[str, str] | None = None,
+    chat_type: str = "api_chat",
+) -> tuple[Chat, list[ChatMessage]]:
+    """Start a chat on the agent's latest (or given) version; the begin message,
+    if the LLM has one, becomes its first assistant message."""
+    agent, llm = await resolve_versions(
+        session, workspace_id=workspace_id, agent_id=agent_id, agent_version=agent_version
+    )
+    now = utcnow()
+    chat = Chat(
+        id=new_id("chat"),
+        workspace_id=workspace_id,
+        agent_id=agent.id,
+        agent_version=agent.version,
+        llm_id=llm.id,
+        llm_version=llm.version,
+        type=chat_type,
+        status="ongoing",
+        metadata_=metadata or {},
+        custom_attributes={},
+        dynamic_variables=dynamic_variables or {},
+        override_dynamic_variables={},
+        collected_dynamic_variables={},
+        current_state=llm.config.get("starting_state"),
+        message_count=0,
+        started_at=now,
+    )
+    session.add(chat)
+    messages: list[ChatMessage] = []
+    versions = Versions(agent=agent.config, llm=llm.config)
+    begin = render(
+        llm.config.get("begin_message"),
+        chat_variables(chat, versions),
+        now=now,
+        timezone=agent.config["timezone"],
+    )
+    if begin.strip():
+        messages.append(
+            ChatMessage(
+                id=new_id("msg"), chat_id=chat.id, seq=0, role="assistant", content=begin,
+                prompt_tokens=0, completion_tokens=0, created_at=now,
+            )
+        )
+        chat.message_count = 1
+        chat.last_agent_message_at = now
+    await session.flush()
+    session.add_all(messages)
+    await session.flush()
+    return chat, messages
+
+
+async def get_chat(session: AsyncSession, *, workspace_id: int, chat_id: str, for_update: bool = False) -> Chat:
+    query = select(Chat).where(Chat.id == chat_id, Chat.workspace_id == workspace_id)
+    if for_update:
+        query = query.with_for_update()
+    chat = await session.scalar(query)
+    if chat is None:
+        raise chat_not_found(chat_id)
+    return chat
+
+
+async def get_messages(session: AsyncSession, *, chat_id: str, after_seq: int = -1) -> list[ChatMessage]:
+    return list(
+        (
+            await session.scalars(
+                select(ChatMessage)
+                .where(ChatMessage.chat_id == chat_id, ChatMessage.seq > after_seq)
+                .order_by(ChatMessage.seq)
+            )
+        ).all()
+    )
+
+
+async def list_chats(
+    session: AsyncSession,
+    *,
+    workspace_id: int,
+    page: PageRequest,
+    agent_id: str | None = None,
+    status: str | None = None,
+    chat_type: str | None = None,
+    id_after: str | None = None,
+    id_before: str | None = None,
+) -> tuple[list[Chat], str | None]:
+    query = select(Chat).where(Chat.workspace_id == workspace_id)
+    if agent_id:
+        query = query.where(Chat.agent_id == agent_id)
+    if status:
+        query = query.where(Chat.status == status)
+    if chat_type:
+        query = query.where(Chat.type == chat_type)
+    if id_after:
+        query = query.where(Chat.id >= id_after)
+    if id_before:
+        query = query.where(Chat.id < id_before)
+    if page.order == "descending":
+        query = query.order_by(Chat.id.desc())
+        if page.after:
+            query = query.where(Chat.id < page.after)
+    else:
+        query = query.order_by(Chat.id.asc())
+        if page.after:
+            query = query.where(Chat.id > page.after)
+    rows = list((await session.scalars(query.limit(page.limit + 1))).all())
+    return page_of(rows, [r.id for r in rows], page)
+
+
+async def update_chat(
+    session: AsyncSession, *, workspace_id: int, chat_id: str, changes: dict[str, Any]
+) -> Chat:
+    chat = await get_chat(session, workspace_id=workspace_id, chat_id=chat_id, for_update=True)
+    if "metadata" in changes and changes["metadata"] is not None:
+        chat.metadata_ = changes["metadata"]
+    if "custom_attributes" in changes and changes["custom_attributes"] is not None:
+        chat.custom_attributes = changes["custom_attributes"]
+    if "override_dynamic_variables" in changes and changes["override_dynamic_variables"] is not None:
+        chat.override_dynamic_variables = changes["override_dynamic_variables"]
+    await session.flush()
+    return chat
+
+
+async def end_chat(session: AsyncSession, *, chat: Chat, reason: str, now: datetime | None = None) -> Chat:
+    """Mark an ongoing chat ended. The caller holds the chat's turn lock."""
+    if chat.status != "ongoing":
+        raise chat_ended(chat)
+    chat.status = "ended"
+    chat.ended_at = now or utcnow()
+    chat.end_reason = reason
+    await session.flush()
+    return chat
+
+
+async def delete_chat(session: AsyncSession, *, workspace_id: int, chat_id: str) -> None:
+    chat = await get_chat(session, workspace_id=workspace_id, chat_id=chat_id, for_update=True)
+    # Children first: SQLite only cascades with foreign_keys=ON, and that is
+    # a per-connection setting a hand-made connection may lack.
+    await session.execute(delete(ChatMessage).where(ChatMessage.chat_id == chat.id))
+    await session.delete(chat)
+    await session.flush()
+
+
+def message_out(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "role": message.role,
+        "content": message.content,
+        "name": message.name,
+        "tool_calls": message.tool_calls or [],
+        "messageId": message.id,
+        "createdAt": message.created_at,
+    }
+    return out
+
+
+def chat_out(chat: Chat, messages: list[ChatMessage] | None) -> dict[str, Any]:
+    """The seeds' Chat object; ``messages=None`` leaves messages and transcript out (lists)."""
+    out = {
+        "chatId": chat.id,
+        "agentId": chat.agent_id,
+        "version": chat.agent_version,
+        "status": chat.status,
+        "type": chat.type,
+        "metadata": chat.metadata_,
+        "customAttributes": chat.custom_attributes,
+        "startedAt": chat.started_at,
+        "endedAt": chat.ended_at,
+        "chatCost": chat.chat_cost,
+        "chatAnalysis": chat.chat_analysis,
+        "collectedDynamicVariables": chat.collected_dynamic_variables,
+        "uponai_dynamic_variables": chat.dynamic_variables,
+        "overrideDynamicVariables": chat.override_dynamic_variables,
+    }
+    if messages is not None:
+        out["transcript"] = transcript(messages)
+        out["messages"] = [message_out(m) for m in messages]
+    return out

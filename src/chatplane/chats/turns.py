@@ -1,0 +1,173 @@
+"""A turn: the user's message in, the agent's reply out, history kept.
+
+The contract when several messages hit one chat: turns run one at a time, in
+arrival order (``TurnLocks``), and a turn is written whole or not at all:
+the user's message and the agent's reply go into the database in one
+transaction after the model has answered. A turn whose model call fails
+leaves the chat exactly as it was, so the client can simply send again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chatplane.chats.locks import TurnLocks
+from chatplane.chats.prompt import render
+from chatplane.chats.service import (
+    Versions,
+    chat_ended,
+    chat_not_found,
+    chat_variables,
+    get_messages,
+    message_out,
+)
+from chatplane.db import transaction, utcnow
+from chatplane.errors import Conflict
+from chatplane.ids import new_id
+from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm
+from chatplane.providers import ModelRequest, OnDelta, Registry
+
+HISTORY_CACHE_CHATS = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAnswer:
+    """What the completion route answers: the agent's new messages."""
+
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def _jsonable(message: dict[str, Any]) -> dict[str, Any]:
+    # The same form the response models give every other datetime.
+    return {**message, "createdAt": message["createdAt"].isoformat().replace("+00:00", "Z")}
+
+
+class Turns:
+    """Runs turns for one process: its sessions, models, locks and history cache."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], registry: Registry, locks: TurnLocks) -> None:
+        self.sessions = sessions
+        self.registry = registry
+        self.locks = locks
+        # chat id -> the model-facing messages of its history. Checked against
+        # the chat's message_count on every turn and topped up from the
+        # database, so another process's writes are never missed, and a long
+        # chat costs one small query per turn instead of a re-read.
+        self._history: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+
+    async def _history_for(self, session: AsyncSession, chat: Chat) -> list[dict[str, Any]]:
+        cached = self._history.pop(chat.id, None)
+        if cached is None or len(cached) > chat.message_count:
+            cached = []
+        if len(cached) < chat.message_count:
+            rows = await get_messages(session, chat_id=chat.id, after_seq=len(cached) - 1)
+            cached.extend(_model_message(m) for m in rows)
+        self._history[chat.id] = cached
+        if len(self._history) > HISTORY_CACHE_CHATS:
+            self._history.popitem(last=False)
+        return cached
+
+    def forget(self, chat_id: str) -> None:
+        self._history.pop(chat_id, None)
+
+    async def run(
+        self,
+        *,
+        workspace_id: int,
+        chat_id: str,
+        content: str,
+        idempotency_key: str | None = None,
+        on_delta: OnDelta | None = None,
+    ) -> TurnAnswer:
+        request_hash = hashlib.sha256(content.encode()).hexdigest()
+        async with self.locks.hold(chat_id):
+            async with transaction(self.sessions) as session:
+                row = (
+                    await session.execute(
+                        select(Chat, ChatAgent.config, Llm.config)
+                        .join(ChatAgent, (ChatAgent.id == Chat.agent_id) & (ChatAgent.version == Chat.agent_version))
+                        .join(Llm, (Llm.id == Chat.llm_id) & (Llm.version == Chat.llm_version))
+                        .where(Chat.id == chat_id, Chat.workspace_id == workspace_id)
+                    )
+                ).one_or_none()
+                if row is None:
+                    raise chat_not_found(chat_id)
+                chat, agent_config, llm_config = row
+                if idempotency_key:
+                    earlier = await session.get(IdempotencyKey, (chat_id, idempotency_key))
+                    if earlier is not None:
+                        if earlier.request_hash != request_hash:
+                            raise Conflict(
+                                "this Idempotency-Key was used for a different message on this chat",
+                                code="idempotency_key_reused",
+                            )
+                        return TurnAnswer(body=earlier.response, replayed=True)
+                if chat.status != "ongoing":
+                    raise chat_ended(chat)
+                history = await self._history_for(session, chat)
+                started = utcnow()
+                versions = Versions(agent=agent_config, llm=llm_config)
+                system = _system_prompt(chat, versions, now=started)
+
+            request = ModelRequest(
+                messages=[
+                    *([{"role": "system", "content": system}] if system else []),
+                    *history,
+                    {"role": "user", "content": content},
+                ],
+                temperature=llm_config.get("model_temperature", 0.0),
+            )
+            model = llm_config["model"]
+            reply = await self.registry.complete(model, request, on_delta)
+
+            now = utcnow()
+            seq = chat.message_count
+            user = {
+                "id": new_id("msg"), "chat_id": chat.id, "seq": seq, "role": "user", "content": content,
+                "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0,
+                "completion_tokens": 0, "created_at": started,
+            }
+            agent = {
+                "id": new_id("msg"), "chat_id": chat.id, "seq": seq + 1, "role": "assistant",
+                "content": reply.content, "name": None, "tool_calls": None, "model": model,
+                "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                "created_at": now,
+            }
+            body = {"messages": [_jsonable(message_out(ChatMessage(**agent)))]}
+            async with transaction(self.sessions) as session:
+                await session.execute(insert(ChatMessage), [user, agent])
+                await session.execute(
+                    update(Chat)
+                    .where(Chat.id == chat.id)
+                    .values(message_count=seq + 2, last_user_message_at=started, last_agent_message_at=now)
+                )
+                if idempotency_key:
+                    session.add(
+                        IdempotencyKey(chat_id=chat.id, key=idempotency_key, request_hash=request_hash,
+                                       response=body, created_at=now)
+                    )
+            history.append({"role": "user", "content": content})
+            history.append({"role": "assistant", "content": reply.content})
+            return TurnAnswer(body=body)
+
+
+def _system_prompt(chat: Chat, versions: Versions, *, now: Any) -> str:
+    llm = versions.llm
+    parts = [llm.get("general_prompt") or ""]
+    if chat.current_state:
+        for state in llm.get("states") or []:
+            if state["name"] == chat.current_state and state.get("state_prompt"):
+                parts.append(state["state_prompt"])
+    template = "\n\n".join(p for p in parts if p)
+    return render(template, chat_variables(chat, versions), now=now, timezone=versions.agent["timezone"])
+
+
+def _model_message(message: ChatMessage) -> dict[str, Any]:
+    return {"role": message.role, "content": message.content}

