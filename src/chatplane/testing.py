@@ -29,8 +29,10 @@ class Reply:
     prompt_tokens: int = 10
     completion_tokens: int = 5
     delay_s: float = 0.0
-    # For streams: the text is sent in these pieces (default: word by word).
+    # For streams: the text is sent in these pieces (default: word by word),
+    # with this pause before each.
     chunks: list[str] | None = None
+    chunk_delay_s: float = 0.0
 
 
 @dataclass
@@ -63,7 +65,14 @@ class Truncate:
     text: str = "cut sh"
 
 
-Step = Reply | Fail | Hang | Reset | Junk | Truncate
+@dataclass
+class Echo:
+    """Answer "echo: <the last user message>", after ``delay_s``."""
+
+    delay_s: float = 0.0
+
+
+Step = Reply | Fail | Hang | Reset | Junk | Truncate | Echo
 
 
 class ScriptedModel:
@@ -119,10 +128,18 @@ class ScriptedModel:
 
     def stop(self) -> None:
         if self._loop and self._server:
-            self._loop.call_soon_threadsafe(self._server.close)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:
             self._thread.join(5)
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -138,7 +155,7 @@ class ScriptedModel:
                 request = json.loads(body or b"{}")
                 if not await self._answer(request, writer):
                     return
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -147,6 +164,9 @@ class ScriptedModel:
         """Answer one request; False when the connection must be dropped."""
         step = self._next(request)
         stream = bool(request.get("stream"))
+        if isinstance(step, Echo):
+            users = [m for m in request.get("messages", []) if m.get("role") == "user"]
+            step = Reply(f"echo: {users[-1]['content'] if users else ''}", delay_s=step.delay_s)
         if isinstance(step, Hang):
             await asyncio.sleep(step.seconds)
             return False
@@ -174,6 +194,8 @@ class ScriptedModel:
         pieces = step.chunks if step.chunks is not None else _words(step.text)
         await _chunk(writer, _sse(_delta_chunk(request, {"role": "assistant", "content": ""})))
         for piece in pieces:
+            if step.chunk_delay_s:
+                await asyncio.sleep(step.chunk_delay_s)
             await _chunk(writer, _sse(_delta_chunk(request, {"content": piece})))
         for index, call in enumerate(step.tool_calls or []):
             await _chunk(writer, _sse(_delta_chunk(request, {"tool_calls": [{"index": index, **call}]})))
