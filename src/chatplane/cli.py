@@ -1,4 +1,4 @@
-"""The ``chatplane`` command: serve, migrate, workspaces, keys."""
+"""The ``chatplane`` command: serve, migrate, workspaces, keys, chat."""
 
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
+    from chatplane.chat_cli import run_chat
+
+    key = args.key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if not key:
+        print("chatplane: give --key or set CHATPLANE_API_KEY", file=sys.stderr)
+        return 2
+    url = args.url or settings.url or f"http://{settings.server.host}:{settings.server.port}"
+    return run_chat(url=url, key=key, workspace_id=args.workspace, agent_id=args.agent_id)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatplane", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     kr = keys.add_parser("revoke", help="revoke an API key")
     kr.add_argument("key_id", type=int)
     kr.set_defaults(func=cmd_keys_revoke)
+
+    chat = commands.add_parser("chat", help="talk to a chat agent from the terminal (needs a running server)")
+    chat.add_argument("agent_id")
+    chat.add_argument("--workspace", type=int, default=1)
+    chat.add_argument("--url", help="server URL (default: CHATPLANE_URL, else this host and port)")
+    chat.add_argument("--key", help="API key (default: CHATPLANE_API_KEY)")
+    chat.set_defaults(func=cmd_chat)
     return parser
 
 

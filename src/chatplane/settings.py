@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         description="Used as the first API key when `serve` starts on an empty database.",
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
+    api_key: SecretStr | None = Field(
+        default=None, description="The key `chatplane chat` sends (it talks to a running server)."
+    )
+    url: str | None = Field(
+        default=None, description="Where `chatplane chat` finds the server; unset: this host and port."
+    )
     providers: list[Provider] = Field(
         default_factory=list, description="OpenAI-compatible endpoints, in addition to the embedded model."
     )

@@ -86,6 +86,6 @@ async def publish_agent(session: AsyncSession, *, workspace_id: int, agent_id: s
             code="llm_missing",
         ) from None
     await configs.mark_published(session, llm)
-    if False:
+    if engine.get("version") != llm.version:
         row.config = {**row.config, "response_engine": {**engine, "version": llm.version}}
     return await configs.mark_published(session, row)

@@ -17,7 +17,8 @@ from chatplane.settings import Settings
 
 def _check_model(config: LlmConfig, settings: Settings) -> dict[str, Any]:
     data = config.model_dump(mode="json", exclude={"workspace_id"})
-    data["model"] = data["model"] or settings.default_model
+    if data["model"] is None:  # unset; an empty name is refused like any unknown one
+        data["model"] = settings.default_model
     if data["model"] not in settings.model_names:
         known = ", ".join(sorted(settings.model_names))
         raise InvalidInput(f"unknown model {data['model']!r}; this server offers: {known}", field="model")
