@@ -137,7 +137,11 @@ def test_workspaces_and_keys_commands(served_env: dict[str, str]) -> None:
         assert _workspaces(server.url, secret).json() == [{"id": 2, "name": "globex"}]
         key_id = listing.splitlines()[1].split("\t")[0]
         assert _cli(served_env, "keys", "revoke", key_id).returncode == 0
-        assert _workspaces(server.url, secret).status_code == 401
+        # Key lookups are cached for CHATPLANE_AUTH_CACHE_S (1 s by default).
+        deadline = time.monotonic() + 3
+        while _workspaces(server.url, secret).status_code != 401:
+            assert time.monotonic() < deadline, "revoked key still accepted after 3 s"
+            time.sleep(0.1)
     finally:
         server.stop()
     assert "\t-\t" not in _cli(served_env, "keys", "list").stdout.splitlines()[1]

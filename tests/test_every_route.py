@@ -35,6 +35,8 @@ def _fill(path: str) -> str:
 # one that answers (not body validation).
 VALID_BODIES = {
     ("POST", "/api/llms"): {"display_name": "x"},
+    ("POST", "/api/chats"): {"agent_id": "chat_agent_01jzzzzzzzzzzzzzzzzzzzzzzz"},
+    ("POST", "/api/chats/{chat_id}/completions"): {"content": "hello"},
     ("POST", "/api/chat-agents"): {
         "agent_name": "x",
         "response_engine": {"type": "uponai-llm", "llm_id": "llm_01jzzzzzzzzzzzzzzzzzzzzzzz"},

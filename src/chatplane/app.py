@@ -11,6 +11,8 @@ from fastapi import FastAPI
 
 from chatplane import __version__
 from chatplane.agents.routes import router as agents_router
+from chatplane.auth import PrincipalCache
+from chatplane.chats.list_v3 import router as list_chats_v3_router
 from chatplane.chats.locks import TurnLocks
 from chatplane.chats.routes import router as chats_router
 from chatplane.chats.turns import Turns
@@ -40,9 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessions = create_sessionmaker(engine)
+        app.state.principals = PrincipalCache(engine, settings.auth_cache_s)
         app.state.registry = Registry(settings)
         locks = TurnLocks(engine, lock_file=settings.sqlite_path.with_suffix(".turnlocks") if settings.is_sqlite else None)
-        app.state.turns = Turns(app.state.sessions, app.state.registry, locks)
+        app.state.turns = Turns(engine, app.state.registry, locks)
         app.state.background = set()
         try:
             yield
@@ -62,12 +65,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in (workspaces_router, llms_router, agents_router, chats_router):
+    for router in (workspaces_router, llms_router, agents_router, chats_router, list_chats_v3_router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # Ours rather than Starlette's RequestBodyLimitMiddleware: that one lets
+    # the route start (auth, validation) on a declared-oversized body and
+    # answers in plain text; this one refuses before the app runs, in the
+    # API's error shape.
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
     return app

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chatplane.db import utcnow
 from chatplane.errors import NotFound, Unauthorized
@@ -101,7 +102,7 @@ async def revoke_key(session: AsyncSession, *, key_id: int) -> ApiKey:
     return key
 
 
-async def principal_for_key(session: AsyncSession, *, key: str) -> Principal | None:
+async def principal_for_key(session: AsyncSession | AsyncConnection, *, key: str) -> Principal | None:
     rows = (
         await session.execute(
             select(ApiKey.id, ApiKeyWorkspace.workspace_id)
@@ -114,6 +115,35 @@ async def principal_for_key(session: AsyncSession, *, key: str) -> Principal | N
     return Principal(
         key_id=rows[0][0], workspace_ids=frozenset(w for _, w in rows if w is not None)
     )
+
+
+class PrincipalCache:
+    """Key -> Principal for a short while, so a hot client costs no query per call.
+
+    A revoked key or a new grant takes effect within ``ttl_s`` (0 turns the
+    cache off). Lookups use their own short connection, not the request's
+    session: a route that then waits on a model (a completion) must not hold
+    a connection, or on SQLite the write lock, while it waits.
+    """
+
+    def __init__(self, engine: AsyncEngine, ttl_s: float) -> None:
+        self.engine = engine
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    async def get(self, key: str) -> Principal | None:
+        digest = hash_key(key)
+        now = time.monotonic()
+        entry = self._entries.get(digest)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        async with self.engine.connect() as conn:
+            principal = await principal_for_key(conn, key=key)
+        if self.ttl_s > 0:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[digest] = (now + self.ttl_s, principal)
+        return principal
 
 
 # --- request dependencies ---------------------------------------------------
@@ -145,11 +175,7 @@ async def get_principal(request: Request) -> Principal:
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # Its own short transaction, not the request's: a route that then waits
-    # on a model (a completion) must not hold a connection, or on SQLite the
-    # write lock, while it waits.
-    async with request.app.state.sessions() as session:
-        principal = await principal_for_key(session, key=token.strip())
+    principal = await request.app.state.principals.get(token.strip())
     if principal is None:
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return principal

@@ -93,9 +93,26 @@ class FieldError(ValueError):
         self.field = field
 
 
+# Pydantic puts the member it tried into the location of a union error: the
+# tag of a discriminated union ("custom", "uponai-llm", "enum") or the type
+# of a plain one ("constrained-str", "list[...]"). A client wants the field.
+UNION_TAGS = frozenset(
+    {"end_chat", "custom", "extract_dynamic_variable", "string", "enum", "boolean", "number",
+     "uponai-llm", "conversation-flow"}
+)
+
+
+def _is_union_member(part: str) -> bool:
+    return part in UNION_TAGS or "[" in part or part.startswith("constrained-") or part[:1].isupper() or part in (
+        "str", "int", "float", "bool", "dict", "list", "none")
+
+
 def _field_name(loc: tuple[Any, ...]) -> str:
     # Drop the "body"/"query" prefix FastAPI adds; keep list indexes readable.
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [
+        str(p) for p in loc
+        if p not in ("body", "query", "path", "header") and not (isinstance(p, str) and _is_union_member(p))
+    ]
     out = ""
     for part in parts:
         out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
@@ -115,6 +132,15 @@ def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
         if err.get("type") == "json_invalid":
             field, message = "body", "body is not valid JSON"
         details.append({"field": field, "message": message})
+    # A union that failed reports once per member it tried: "language: not a
+    # string" beside "language[1]: bad locale". Keep the deeper, which names
+    # what is actually wrong.
+    fields = {d["field"] for d in details}
+    details = [
+        d for d in details
+        if not any(f != d["field"] and (f.startswith(d["field"] + ".") or f.startswith(d["field"] + "["))
+                   for f in fields)
+    ]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
     return {
         "error": {

@@ -7,6 +7,9 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+DRAIN_LIMIT = 16 * 1024 * 1024
+
+
 class BodyLimit:
     """Answers 413 for a body over ``max_bytes``, declared or streamed.
 
@@ -24,6 +27,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive, int(declared))
             await self._too_large(send)
             return
         chunks: list[bytes] = []
@@ -35,6 +39,8 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive, None)
                 await self._too_large(send)
                 return
             chunks.append(chunk)
@@ -51,6 +57,24 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, declared: int | None) -> None:
+        """Read (and drop) what the client is still sending, up to a bound.
+
+        A client that writes its whole body before reading the answer (most
+        do) gets a connection reset instead of the 413 if the server closes
+        on unread bytes. Past the bound the connection is closed anyway.
+        """
+        if declared is not None and declared > DRAIN_LIMIT:
+            return
+        drained = 0
+        while drained <= DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _too_large(self, send: Send) -> None:
         payload = json.dumps(

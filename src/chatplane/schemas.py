@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import copy
 from typing import Annotated, Any, Literal, Optional, Union
 from urllib.parse import urlsplit
 
@@ -101,10 +102,13 @@ def partial_model(model: type[BaseModel], name: str) -> type[BaseModel]:
     Only the fields a client sends are applied (``exclude_unset``); the merged
     result is validated again as a whole ``model``.
     """
-    fields: dict[str, Any] = {
-        field_name: (Optional[info.annotation], Field(default=None, description=info.description))
-        for field_name, info in model.model_fields.items()
-    }
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        # Keep the field's own rules (discriminator, bounds), only the default changes.
+        optional = copy(info)
+        optional.default = None
+        optional.default_factory = None
+        fields[field_name] = (Optional[info.annotation], optional)
     return create_model(name, __base__=StrictModel, **fields)
 
 

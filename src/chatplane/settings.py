@@ -103,6 +103,9 @@ class Settings(BaseSettings):
         description="Used as the first API key when `serve` starts on an empty database.",
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
+    auth_cache_s: float = Field(
+        default=1.0, ge=0, description="How long a key lookup is reused; a revocation waits at most this."
+    )
     api_key: SecretStr | None = Field(
         default=None, description="The key `chatplane chat` sends (it talks to a running server)."
     )

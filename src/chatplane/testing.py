@@ -266,3 +266,25 @@ async def _stream_head(writer: asyncio.StreamWriter) -> None:
 async def _chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
     await writer.drain()
+
+
+def main() -> None:
+    """``python -m chatplane.testing [--port P] [--text T]``: a zero-latency model."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--text", default="ok")
+    args = parser.parse_args()
+    model = ScriptedModel(default=Reply(args.text))
+
+    async def run() -> None:
+        await model.serve(args.port)
+        print(model.base_url, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

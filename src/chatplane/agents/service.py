@@ -26,7 +26,9 @@ async def _checked(
             field="response_engine.type",
         )
     try:
-        await configs.get(session, Llm, workspace_id=workspace_id, id=engine["llm_id"])
+        # FOR UPDATE: pairs with the lock delete_llm takes, so an LLM cannot
+        # be deleted while an agent is being pointed at it.
+        await configs.get(session, Llm, workspace_id=workspace_id, id=engine["llm_id"], for_update=True)
     except NotFound as exc:
         raise InvalidInput(exc.message, field="response_engine.llm_id") from None
     if engine["version"] is not None:

@@ -22,7 +22,7 @@ def chat_not_found(chat_id: str) -> NotFound:
     return NotFound(f"chat {chat_id} not found", code="chat_not_found")
 
 
-def chat_ended(chat: Chat) -> Conflict:
+def chat_ended(chat: Any) -> Conflict:
     return Conflict(f"chat {chat.id} has ended", code="chat_ended")
 
 
@@ -34,12 +34,13 @@ class Versions:
     llm: dict[str, Any]
 
 
-def system_variables(chat: Chat) -> dict[str, str]:
+def system_variables(chat: Any) -> dict[str, str]:
     return {"chat_id": chat.id}
 
 
-def chat_variables(chat: Chat, versions: Versions) -> dict[str, str]:
-    """Every ``{{variable}}`` of the chat, by the documented precedence."""
+def chat_variables(chat: Any, versions: Versions) -> dict[str, str]:
+    """Every ``{{variable}}`` of the chat (a Chat, or a row of its columns),
+    by the documented precedence."""
     return merge_variables(
         versions.llm.get("default_dynamic_variables"),
         versions.agent.get("uponai_dynamic_variables"),

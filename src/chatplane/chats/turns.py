@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatplane.chats.locks import TurnLocks
 from chatplane.chats.prompt import render
@@ -24,10 +24,9 @@ from chatplane.chats.service import (
     chat_ended,
     chat_not_found,
     chat_variables,
-    get_messages,
     message_out,
 )
-from chatplane.db import transaction, utcnow
+from chatplane.db import utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm
@@ -49,11 +48,20 @@ def _jsonable(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "createdAt": message["createdAt"].isoformat().replace("+00:00", "Z")}
 
 
-class Turns:
-    """Runs turns for one process: its sessions, models, locks and history cache."""
+CHATS = Chat.__table__
+MESSAGES = ChatMessage.__table__
+IDEMPOTENCY = IdempotencyKey.__table__
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], registry: Registry, locks: TurnLocks) -> None:
-        self.sessions = sessions
+
+class Turns:
+    """Runs turns for one process: its database, models, locks and history cache.
+
+    The hot path speaks SQLAlchemy Core on a plain connection (no ORM unit of
+    work): a turn is one read and one write transaction around the model call.
+    """
+
+    def __init__(self, engine: AsyncEngine, registry: Registry, locks: TurnLocks) -> None:
+        self.engine = engine
         self.registry = registry
         self.locks = locks
         # chat id -> the model-facing messages of its history. Checked against
@@ -62,13 +70,17 @@ class Turns:
         # chat costs one small query per turn instead of a re-read.
         self._history: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
-    async def _history_for(self, session: AsyncSession, chat: Chat) -> list[dict[str, Any]]:
+    async def _history_for(self, conn: AsyncConnection, chat: Any) -> list[dict[str, Any]]:
         cached = self._history.pop(chat.id, None)
         if cached is None or len(cached) > chat.message_count:
             cached = []
         if len(cached) < chat.message_count:
-            rows = await get_messages(session, chat_id=chat.id, after_seq=len(cached) - 1)
-            cached.extend(_model_message(m) for m in rows)
+            rows = await conn.execute(
+                select(MESSAGES.c.role, MESSAGES.c.content)
+                .where(MESSAGES.c.chat_id == chat.id, MESSAGES.c.seq >= len(cached))
+                .order_by(MESSAGES.c.seq)
+            )
+            cached.extend({"role": role, "content": content} for role, content in rows)
         self._history[chat.id] = cached
         if len(self._history) > HISTORY_CACHE_CHATS:
             self._history.popitem(last=False)
@@ -88,20 +100,25 @@ class Turns:
     ) -> TurnAnswer:
         request_hash = hashlib.sha256(content.encode()).hexdigest()
         async with self.locks.hold(chat_id):
-            async with transaction(self.sessions) as session:
+            async with self.engine.connect() as conn:
                 row = (
-                    await session.execute(
-                        select(Chat, ChatAgent.config, Llm.config)
-                        .join(ChatAgent, (ChatAgent.id == Chat.agent_id) & (ChatAgent.version == Chat.agent_version))
-                        .join(Llm, (Llm.id == Chat.llm_id) & (Llm.version == Chat.llm_version))
-                        .where(Chat.id == chat_id, Chat.workspace_id == workspace_id)
+                    await conn.execute(
+                        select(CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"))
+                        .join(ChatAgent, (ChatAgent.id == CHATS.c.agent_id) & (ChatAgent.version == CHATS.c.agent_version))
+                        .join(Llm, (Llm.id == CHATS.c.llm_id) & (Llm.version == CHATS.c.llm_version))
+                        .where(CHATS.c.id == chat_id, CHATS.c.workspace_id == workspace_id)
                     )
                 ).one_or_none()
                 if row is None:
                     raise chat_not_found(chat_id)
-                chat, agent_config, llm_config = row
                 if idempotency_key:
-                    earlier = await session.get(IdempotencyKey, (chat_id, idempotency_key))
+                    earlier = (
+                        await conn.execute(
+                            select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.response).where(
+                                IDEMPOTENCY.c.chat_id == chat_id, IDEMPOTENCY.c.key == idempotency_key
+                            )
+                        )
+                    ).one_or_none()
                     if earlier is not None:
                         if earlier.request_hash != request_hash:
                             raise Conflict(
@@ -109,13 +126,14 @@ class Turns:
                                 code="idempotency_key_reused",
                             )
                         return TurnAnswer(body=earlier.response, replayed=True)
-                if chat.status != "ongoing":
-                    raise chat_ended(chat)
-                history = await self._history_for(session, chat)
-                started = utcnow()
-                versions = Versions(agent=agent_config, llm=llm_config)
-                system = _system_prompt(chat, versions, now=started)
-
+                if row.status != "ongoing":
+                    raise chat_ended(row)
+                history = await self._history_for(conn, row)
+                await conn.rollback()  # read-only: end the transaction, free the connection
+            started = utcnow()
+            versions = Versions(agent=row.agent_config, llm=row.llm_config)
+            system = _system_prompt(row, versions, now=started)
+            llm_config = row.llm_config
             request = ModelRequest(
                 messages=[
                     *([{"role": "system", "content": system}] if system else []),
@@ -128,37 +146,39 @@ class Turns:
             reply = await self.registry.complete(model, request, on_delta)
 
             now = utcnow()
-            seq = chat.message_count
+            seq = row.message_count
             user = {
-                "id": new_id("msg"), "chat_id": chat.id, "seq": seq, "role": "user", "content": content,
+                "id": new_id("msg"), "chat_id": chat_id, "seq": seq, "role": "user", "content": content,
                 "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0,
                 "completion_tokens": 0, "created_at": started,
             }
             agent = {
-                "id": new_id("msg"), "chat_id": chat.id, "seq": seq + 1, "role": "assistant",
+                "id": new_id("msg"), "chat_id": chat_id, "seq": seq + 1, "role": "assistant",
                 "content": reply.content, "name": None, "tool_calls": None, "model": model,
                 "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                 "created_at": now,
             }
             body = {"messages": [_jsonable(message_out(ChatMessage(**agent)))]}
-            async with transaction(self.sessions) as session:
-                await session.execute(insert(ChatMessage), [user, agent])
-                await session.execute(
-                    update(Chat)
-                    .where(Chat.id == chat.id)
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(MESSAGES), [user, agent])
+                await conn.execute(
+                    update(CHATS)
+                    .where(CHATS.c.id == chat_id)
                     .values(message_count=seq + 2, last_user_message_at=started, last_agent_message_at=now)
                 )
                 if idempotency_key:
-                    session.add(
-                        IdempotencyKey(chat_id=chat.id, key=idempotency_key, request_hash=request_hash,
-                                       response=body, created_at=now)
+                    await conn.execute(
+                        insert(IDEMPOTENCY).values(
+                            chat_id=chat_id, key=idempotency_key, request_hash=request_hash,
+                            response=body, created_at=now,
+                        )
                     )
             history.append({"role": "user", "content": content})
             history.append({"role": "assistant", "content": reply.content})
             return TurnAnswer(body=body)
 
 
-def _system_prompt(chat: Chat, versions: Versions, *, now: Any) -> str:
+def _system_prompt(chat: Any, versions: Versions, *, now: Any) -> str:
     llm = versions.llm
     parts = [llm.get("general_prompt") or ""]
     if chat.current_state:
@@ -168,6 +188,3 @@ def _system_prompt(chat: Chat, versions: Versions, *, now: Any) -> str:
     template = "\n\n".join(p for p in parts if p)
     return render(template, chat_variables(chat, versions), now=now, timezone=versions.agent["timezone"])
 
-
-def _model_message(message: ChatMessage) -> dict[str, Any]:
-    return {"role": message.role, "content": message.content}

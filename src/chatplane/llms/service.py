@@ -40,6 +40,9 @@ async def update_llm(
 
 
 async def delete_llm(session: AsyncSession, *, workspace_id: int, llm_id: str) -> None:
+    # Lock the LLM first: an agent being created on it at this moment reads
+    # it FOR UPDATE too, so one of the two waits and sees the other's result.
+    await configs.get(session, Llm, workspace_id=workspace_id, id=llm_id, for_update=True)
     user = await session.scalar(
         select(ChatAgent.id).where(
             ChatAgent.workspace_id == workspace_id,

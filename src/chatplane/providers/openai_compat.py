@@ -1,5 +1,11 @@
 """Any OpenAI-compatible endpoint, through the ``openai`` client.
 
+Requests go through the client's ``post`` rather than
+``chat.completions.create``: ``create`` walks every message of the history
+through its typed-dict transformer (5 ms of CPU for a 20-message chat here,
+growing with the chat), while our bodies are already plain JSON. Timeouts,
+retries, error types and response models are the client's either way.
+
 The client does the timeouts and the bounded retries with backoff (429, 5xx,
 connection errors; it honours ``Retry-After``). What still fails becomes a
 502 (or a 504 for a timeout) carrying the provider's reason.
@@ -11,6 +17,8 @@ import os
 from typing import Any
 
 import openai
+from openai import AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chatplane.providers.base import ModelReply, ModelRequest, OnDelta, ProviderError, ProviderTimeout
 from chatplane.settings import Provider
@@ -42,7 +50,7 @@ class OpenAICompatible:
             kwargs["response_format"] = request.response_format
         try:
             if on_delta is None:
-                return self._reply(await self.client.chat.completions.create(**kwargs))
+                return self._reply(await self.client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion))
             return await self._stream(kwargs, on_delta)
         except openai.APITimeoutError:
             raise ProviderTimeout(
@@ -78,8 +86,12 @@ class OpenAICompatible:
         )
 
     async def _stream(self, kwargs: dict[str, Any], on_delta: OnDelta) -> ModelReply:
-        stream = await self.client.chat.completions.create(
-            **kwargs, stream=True, stream_options={"include_usage": True}
+        stream = await self.client.post(
+            "/chat/completions",
+            body={**kwargs, "stream": True, "stream_options": {"include_usage": True}},
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=AsyncStream[ChatCompletionChunk],
         )
         parts: list[str] = []
         calls: dict[int, dict[str, Any]] = {}

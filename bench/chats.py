@@ -1,0 +1,213 @@
+"""Platform overhead and throughput of chat completions.
+
+    .venv/bin/python bench/chats.py [--db sqlite|postgresql] [--workers N]
+
+Starts a zero-latency OpenAI-protocol stub (``python -m chatplane.testing``)
+and ``chatplane serve`` as separate processes on loopback, then measures:
+
+- the stub alone (p50/p99 of a direct call): the model's share of a turn;
+- concurrency 1: end-to-end completion latency, and overhead = e2e - stub;
+- 16 and 64 concurrent chats: completions/s and p50/p99 latency;
+- growth: overhead at turn 1 and turn 500 of one chat.
+
+Prints its figures; asserts nothing. Per-process CPU is printed too, because
+``uvicorn --workers`` does not always spread connections evenly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key-0123456789abcdef"
+MODEL = "stub"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:7.2f} ms"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and its children (uvicorn workers)."""
+    total = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+def per_process_cpu(pid: int) -> dict[int, float]:
+    out = {}
+    pids = [pid]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return out
+
+
+async def wait_up(url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            try:
+                await client.get(url)
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def completion_loop(client: httpx.AsyncClient, chat_id: str, n: int, latencies: list[float]) -> None:
+    for i in range(n):
+        started = time.perf_counter()
+        response = await client.post(f"/api/chats/{chat_id}/completions", json={"workspaceId": 1, "content": f"m{i}"})
+        latencies.append(time.perf_counter() - started)
+        if response.status_code != 201:
+            raise RuntimeError(response.text)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--growth-turns", type=int, default=500)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="chatplane-bench-"))
+    stub = subprocess.Popen([sys.executable, "-m", "chatplane.testing"], stdout=subprocess.PIPE, text=True)
+    stub_url = stub.stdout.readline().strip()  # type: ignore[union-attr]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPLANE_")}
+    env.update(
+        CHATPLANE_DATA_DIR=str(tmp),
+        CHATPLANE_BOOTSTRAP_API_KEY=KEY,
+        CHATPLANE_PROVIDERS=json.dumps([{"name": "stub", "base_url": stub_url, "models": [{"name": MODEL}]}]),
+    )
+    db_name = None
+    if args.db == "postgresql":
+        db_name = f"chatplane_bench_{uuid.uuid4().hex[:8]}"
+        subprocess.run(["psql", args.pg_url, "-qc", f'CREATE DATABASE "{db_name}"'], check=True)
+        env["CHATPLANE_DATABASE_URL"] = args.pg_url.rsplit("/", 1)[0] + "/" + db_name
+    port = 18000 + os.getpid() % 1000
+    server = subprocess.Popen(
+        [sys.executable, "-m", "chatplane.cli", "serve", "--port", str(port), "--workers", str(args.workers),
+         "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_up(base + "/healthz")
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                                     limits=limits) as client:
+            llm = (await client.post("/api/llms", json={"workspaceId": 1, "display_name": "b", "model": MODEL,
+                                                         "general_prompt": "You are {{name}}.",
+                                                         "default_dynamic_variables": {"name": "Ava"}})).json()
+            agent = (await client.post("/api/chat-agents", json={
+                "workspaceId": 1, "agent_name": "b", "response_engine": {"type": "uponai-llm", "llm_id": llm["llm_id"]},
+            })).json()
+
+            async def new_chat() -> str:
+                r = await client.post("/api/chats", json={"workspaceId": 1, "agent_id": agent["agent_id"]})
+                return r.json()["chatId"]
+
+            # The stub alone, through the same kind of client.
+            async with httpx.AsyncClient(base_url=stub_url, timeout=60) as direct:
+                stub_lat = []
+                body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+                for _ in range(300):
+                    t = time.perf_counter()
+                    await direct.post("/chat/completions", json=body)
+                    stub_lat.append(time.perf_counter() - t)
+            stub_p50 = pct(stub_lat, 0.5)
+            print(f"database={args.db} workers={args.workers}")
+            print(f"stub alone            p50 {ms(stub_p50)}  p99 {ms(pct(stub_lat, 0.99))}")
+
+            # Warm up.
+            warm = await new_chat()
+            await completion_loop(client, warm, 50, [])
+
+            # Concurrency 1 on fresh chats, a few turns each.
+            lat: list[float] = []
+            for _ in range(40):
+                await completion_loop(client, await new_chat(), 10, lat)
+            over = [x - stub_p50 for x in lat]
+            print(f"concurrency 1         e2e p50 {ms(pct(lat, .5))} p99 {ms(pct(lat, .99))}   "
+                  f"overhead p50 {ms(pct(over, .5))} p99 {ms(pct(over, .99))}   (n={len(lat)})")
+
+            for conc in (16, 64):
+                chats = [await new_chat() for _ in range(conc)]
+                lat = []
+                stop_at = time.perf_counter() + args.seconds
+                cpu0 = per_process_cpu(server.pid)
+
+                async def worker(chat_id: str) -> None:
+                    i = 0
+                    while time.perf_counter() < stop_at:
+                        t = time.perf_counter()
+                        r = await client.post(f"/api/chats/{chat_id}/completions",
+                                              json={"workspaceId": 1, "content": f"m{i}"})
+                        lat.append(time.perf_counter() - t)
+                        if r.status_code != 201:
+                            raise RuntimeError(r.text)
+                        i += 1
+
+                started = time.perf_counter()
+                await asyncio.gather(*(worker(c) for c in chats))
+                elapsed = time.perf_counter() - started
+                cpu1 = per_process_cpu(server.pid)
+                spread = ", ".join(f"{cpu1[p] - cpu0.get(p, 0):.1f}s" for p in cpu1)
+                print(f"concurrency {conc:<3}       {len(lat) / elapsed:7.1f} completions/s   p50 {ms(pct(lat, .5))} "
+                      f"p99 {ms(pct(lat, .99))}   p99/p50 {pct(lat, .99) / pct(lat, .5):4.2f}   cpu per process: {spread}")
+
+            # Growth: one chat, many turns.
+            chat = await new_chat()
+            lat = []
+            await completion_loop(client, chat, args.growth_turns, lat)
+            first = statistics.median(lat[:20]) - stub_p50
+            last = statistics.median(lat[-20:]) - stub_p50
+            print(f"growth                overhead turns 1-20 {ms(first)}  turns {args.growth_turns - 19}-"
+                  f"{args.growth_turns} {ms(last)}  ratio {last / first:4.2f}")
+    finally:
+        server.terminate()
+        server.wait(30)
+        stub.terminate()
+        if db_name:
+            subprocess.run(["psql", args.pg_url, "-qc", f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'])
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,736 @@
+"""``POST /v3/list-chats``: Retell's v3 chat list, with ``filter_criteria``.
+
+Request: ``workspaceId``, ``filter_criteria``, ``sort_order`` (by start time,
+``descending`` by default), ``limit`` (1..1000, default 50),
+``pagination_key`` (the opaque cursor of ``chatplane.pagination``, tied to
+its sort order) and ``include_total``. Answer: ``{items, has_more,
+pagination_key, total?}``; items are chats without messages or transcript,
+``total`` (only when asked for) counts every chat matching the filter,
+whatever the cursor.
+
+Decisions
+---------
+Filter shapes follow the Retell SDK (``retell/types/chat_list_params.py``):
+every filter is an object ``{op, type, value}`` whose ``type`` names its
+kind, one of
+
+- ``string``  ``op`` in ``eq ne sw ew co``, ``value`` a string;
+- ``number``  ``op`` in ``eq ne gt ge lt le``, ``value`` a number;
+- ``range``   ``op`` ``bt``, ``value`` ``[lower, upper]``, both inclusive;
+- ``enum``    ``op`` ``in``, ``value`` a non-empty list;
+- ``boolean`` ``op`` ``eq``, ``value`` true or false;
+- ``present`` ``op`` ``pr`` (has a value) or ``np`` (has none), no ``value``.
+
+``type`` may be left out: it is implied by ``op`` (and, for ``eq``/``ne`` on
+a custom key, by the JSON type of ``value``). Sent, it must agree with
+``op``. Which kinds each field takes:
+
+- ``agent``: ``[{agent_id, version?: [int]}]``, entries ORed; no or empty
+  ``version`` means every version.
+- ``chat_id``: string or enum (a list of ids).
+- ``chat_status``, ``chat_type``, ``user_sentiment``: enum of their values.
+- ``chat_successful``: boolean.
+- ``start_timestamp``, ``end_timestamp``: number or range, in Unix
+  milliseconds; a chat's timestamp is its ``startedAt``/``endedAt`` truncated
+  to the millisecond, so ``eq`` matches the whole millisecond.
+  ``end_timestamp`` also takes present (``np``: chats that have not ended).
+- ``combined_cost``: number, range or present, in the unit of
+  ``chatCost.combinedCost``.
+- ``custom_attributes[]`` and ``custom_analysis_data[]``: any kind, each
+  with a ``key`` (a custom attribute name, or a ``customAnalysisData`` entry
+  of ``chatAnalysis``). A string op matches JSON strings only; a number op
+  matches JSON numbers and strings written as decimal numbers
+  (``-?[0-9]+(.[0-9]+)?``, because custom attributes are strings); boolean
+  matches ``true``/``false`` and the strings ``"true"``/``"false"``; enum
+  matches strings; ``pr`` means the key is there and not null.
+
+Sizes are bounded so that a query stays within both databases' limit of
+bound parameters (32766): at most 1000 values in an enum filter (100 on a
+custom key), 100 agents with 100 versions each, 20 filters in each custom
+list.
+
+Every filter is ANDed with the others. ``ne`` is the exact negation of
+``eq``: it also matches chats that have no value at all (use ``pr`` with it
+to exclude them); every other op needs a value. String ops are
+case-sensitive. Retell filters this server does not have (``agent_number``,
+``duration_ms``, ``direction``, …) and ``skip`` are refused as unknown
+fields, never ignored: a filter that is silently dropped returns wrong rows.
+
+Order is by chat id, which is a ULID minted as the chat starts, so id order
+is start order and the (workspace_id, id) index serves both the order and
+the cursor. A ``start_timestamp`` bound also becomes an id bound
+(``filters.id_at``) so that index narrows the scan; as a chat's id is minted
+right after its ``started_at`` is taken, the id bound is widened by
+``START_ID_SLACK_MS`` and the exact ``started_at`` comparison decides.
+
+JSON keys are read with database functions instead of SQLAlchemy's
+``column[key]``: the kind of the value must be tested before it is compared
+(PostgreSQL's cast of a non-numeric string is an error), and SQLite's JSON
+paths compare a key with its escaped form in the stored text (``é`` is
+stored as ``\\u00e9``), so SQLite goes through ``json_each``, whose keys are
+decoded. Both backends give the same answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal, Union
+
+from fastapi import APIRouter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Numeric,
+    and_,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatplane.auth import CurrentPrincipal, Session
+from chatplane.chats import service
+from chatplane.chats.filters import id_at
+from chatplane.chats.schemas import ChatStatus, ChatSummary, ChatType
+from chatplane.errors import FieldError, InvalidInput
+from chatplane.models import Chat
+from chatplane.pagination import PageRequest, SortOrder, decode_cursor, page_of
+from chatplane.schemas import WorkspaceId
+
+router = APIRouter(tags=["Chats"])
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last millisecond a datetime holds
+START_ID_SLACK_MS = 60_000
+NUMERIC_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+
+UserSentiment = Literal["Positive", "Neutral", "Negative", "Unknown"]
+StringOp = Literal["eq", "ne", "sw", "ew", "co"]
+NumberOp = Literal["eq", "ne", "gt", "ge", "lt", "le"]
+
+_KIND_OF_OP = {
+    "sw": "string", "ew": "string", "co": "string",
+    "gt": "number", "ge": "number", "lt": "number", "le": "number",
+    "bt": "range", "in": "enum", "pr": "present", "np": "present",
+}
+_OP_ORDER = ["eq", "ne", "sw", "ew", "co", "gt", "ge", "lt", "le", "bt", "in", "pr", "np"]
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+UnixMs = Annotated[
+    float, Field(ge=0, le=MAX_MS, allow_inf_nan=False, description="Unix time in milliseconds.")
+]
+JsonKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        description="The custom attribute's name, or the `customAnalysisData` entry's name.",
+    ),
+]
+
+
+# --- request shapes ----------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    # Strict: "5" is not a number and "true" not a boolean; a wrong type is a 422.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+_TYPE_DESCRIPTION = "The filter's kind; may be left out, as `op` implies it."
+
+
+class ChatStringFilter(_Strict):
+    op: StringOp = Field(description="eq: equal, ne: not equal, sw: starts with, ew: ends with, co: contains.")
+    type: Literal["string"] = Field(default="string", description=_TYPE_DESCRIPTION)
+    value: str = Field(max_length=1000, description="Compared case-sensitively.")
+
+
+class ChatNumberFilter(_Strict):
+    op: NumberOp = Field(
+        description="eq: equal, ne: not equal, gt: greater than, ge: greater or equal, "
+        "lt: less than, le: less or equal."
+    )
+    type: Literal["number"] = Field(default="number", description=_TYPE_DESCRIPTION)
+    value: FiniteFloat
+
+
+class _RangeCheck(_Strict):
+    @model_validator(mode="after")
+    def _ordered(self) -> Any:
+        lower, upper = self.value  # type: ignore[attr-defined]
+        if lower > upper:
+            raise FieldError("value", "the lower bound is greater than the upper bound")
+        return self
+
+
+class ChatRangeFilter(_RangeCheck):
+    op: Literal["bt"] = Field(description="bt: between, both bounds included.")
+    type: Literal["range"] = Field(default="range", description=_TYPE_DESCRIPTION)
+    value: list[FiniteFloat] = Field(min_length=2, max_length=2, description="[lower_bound, upper_bound].")
+
+
+class ChatTimestampFilter(ChatNumberFilter):
+    value: UnixMs
+
+
+class ChatTimestampRangeFilter(ChatRangeFilter):
+    value: list[UnixMs] = Field(  # type: ignore[assignment]
+        min_length=2, max_length=2, description="[lower_bound, upper_bound], Unix milliseconds."
+    )
+
+
+class ChatEnumFilter(_Strict):
+    op: Literal["in"] = Field(description="in: the value is one of the listed values.")
+    type: Literal["enum"] = Field(default="enum", description=_TYPE_DESCRIPTION)
+    value: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=1000)
+
+
+class ChatStatusFilter(ChatEnumFilter):
+    value: list[ChatStatus] = Field(min_length=1, max_length=3)  # type: ignore[assignment]
+
+
+class ChatTypeFilter(ChatEnumFilter):
+    value: list[ChatType] = Field(min_length=1, max_length=3)  # type: ignore[assignment]
+
+
+class ChatUserSentimentFilter(ChatEnumFilter):
+    value: list[UserSentiment] = Field(min_length=1, max_length=4)  # type: ignore[assignment]
+
+
+class ChatBooleanFilter(_Strict):
+    op: Literal["eq"]
+    type: Literal["boolean"] = Field(default="boolean", description=_TYPE_DESCRIPTION)
+    value: bool
+
+
+class ChatPresentFilter(_Strict):
+    op: Literal["pr", "np"] = Field(description="pr: has a value, np: has none.")
+    type: Literal["present"] = Field(default="present", description=_TYPE_DESCRIPTION)
+
+
+class ChatKeyStringFilter(ChatStringFilter):
+    key: JsonKey
+
+
+class ChatKeyNumberFilter(ChatNumberFilter):
+    key: JsonKey
+
+
+class ChatKeyRangeFilter(ChatRangeFilter):
+    key: JsonKey
+
+
+class ChatKeyEnumFilter(ChatEnumFilter):
+    key: JsonKey
+    value: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=100)
+
+
+class ChatKeyBooleanFilter(ChatBooleanFilter):
+    key: JsonKey
+
+
+class ChatKeyPresentFilter(ChatPresentFilter):
+    key: JsonKey
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _one_of(*variants: type[_Strict]) -> Any:
+    """A union of filter kinds, told apart by ``type`` (or what ``op`` implies).
+
+    Errors name the field inside the filter (``op``, ``value``, …), never the
+    kind pydantic tried, so a client reads ``filter_criteria.chat_id.op``.
+    """
+    kinds: dict[str, type[_Strict]] = {v.model_fields["type"].default: v for v in variants}
+    ops: list[str] = []
+    for variant in variants:
+        for op in variant.model_fields["op"].annotation.__args__:  # type: ignore[union-attr]
+            if op not in ops:
+                ops.append(op)
+    ops.sort(key=_OP_ORDER.index)
+    scalar_kinds = [k for k in ("string", "number", "boolean") if k in kinds]
+
+    def kind_of(value: Any) -> str | None:
+        if isinstance(value, BaseModel):
+            return getattr(value, "type", None)
+        if not isinstance(value, dict):
+            return None
+        if value.get("type") is not None:
+            return value["type"] if isinstance(value["type"], str) else None
+        op = value.get("op")
+        if not isinstance(op, str):
+            return None
+        if op in _KIND_OF_OP:
+            return _KIND_OF_OP[op]
+        if op not in ("eq", "ne"):
+            return None
+        if len(scalar_kinds) == 1:
+            return scalar_kinds[0]
+        given = value.get("value")
+        if isinstance(given, bool):
+            return "boolean"
+        if isinstance(given, int | float):
+            return "number"
+        if isinstance(given, str):
+            return "string"
+        return None
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, BaseModel):
+            return handler(value)
+        if not isinstance(value, dict):
+            raise ValueError("must be an object {op, type?, value}")
+        given = value.get("type")
+        if given is not None and given not in list(kinds):
+            raise FieldError("type", f"must be one of: {', '.join(kinds)}")
+        op = value.get("op")
+        if op is None:
+            raise FieldError("op", f"required, one of: {' '.join(ops)}")
+        if not isinstance(op, str) or op not in ops:
+            raise FieldError("op", f"{op!r} is not an operator of this filter; use one of: {' '.join(ops)}")
+        if given is None and kind_of(value) not in kinds:
+            raise FieldError("type", f"cannot tell the kind from op and value; send type, one of: {', '.join(kinds)}")
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            loc = tuple(error.get("loc", ()))
+            if loc and loc[0] in kinds:
+                loc = loc[1:]
+            cause = (error.get("ctx") or {}).get("error")
+            message = error.get("msg", "invalid")
+            if isinstance(cause, FieldError):
+                loc, message = (*loc, cause.field), str(cause)
+            elif isinstance(cause, ValueError):
+                message = str(cause)
+            if not loc:
+                raise ValueError(message) from None
+            raise FieldError(_field_path(loc), message) from None
+
+    if len(variants) == 1:
+        return Annotated[variants[0], WrapValidator(validate)]
+    union = Union[tuple(Annotated[v, Tag(k)] for k, v in kinds.items())]  # type: ignore[valid-type]
+    return Annotated[union, Discriminator(kind_of), WrapValidator(validate)]
+
+
+ChatIdCriterion = _one_of(ChatStringFilter, ChatEnumFilter)
+StartCriterion = _one_of(ChatTimestampFilter, ChatTimestampRangeFilter)
+EndCriterion = _one_of(ChatTimestampFilter, ChatTimestampRangeFilter, ChatPresentFilter)
+CostCriterion = _one_of(ChatNumberFilter, ChatRangeFilter, ChatPresentFilter)
+StatusCriterion = _one_of(ChatStatusFilter)
+TypeCriterion = _one_of(ChatTypeFilter)
+SentimentCriterion = _one_of(ChatUserSentimentFilter)
+SuccessCriterion = _one_of(ChatBooleanFilter)
+KeyCriterion = _one_of(
+    ChatKeyStringFilter, ChatKeyNumberFilter, ChatKeyBooleanFilter, ChatKeyRangeFilter, ChatKeyEnumFilter, ChatKeyPresentFilter
+)
+
+
+def _whole_number(value: Any) -> Any:
+    # The Retell SDK types versions as floats: 2.0 is version 2 (2.5 stays an error).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class ChatAgentFilter(_Strict):
+    agent_id: str = Field(min_length=1, max_length=64)
+    version: list[Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]] | None = Field(
+        default=None,
+        max_length=100,
+        description="Only these versions of the agent; left out or empty, every version.",
+    )
+
+
+class ChatFilterCriteria(_Strict):
+    """Every filter given must hold (AND). Retell's filter shapes."""
+
+    agent: list[ChatAgentFilter] | None = Field(
+        default=None, min_length=1, max_length=100, description="Chats of any of these agents (OR)."
+    )
+    chat_id: ChatIdCriterion | None = Field(default=None, description="String filter, or enum `in` a list of ids.")
+    chat_status: StatusCriterion | None = Field(default=None, description="Enum `in`: ongoing, ended, error.")
+    chat_type: TypeCriterion | None = Field(default=None, description="Enum `in`: api_chat, web_chat, sms_chat.")
+    chat_successful: SuccessCriterion | None = Field(
+        default=None, description="Boolean `eq`, from the post-chat analysis; chats not analysed never match."
+    )
+    user_sentiment: SentimentCriterion | None = Field(
+        default=None, description="Enum `in`: Positive, Neutral, Negative, Unknown."
+    )
+    start_timestamp: StartCriterion | None = Field(
+        default=None, description="Number or range filter on the start time, Unix milliseconds."
+    )
+    end_timestamp: EndCriterion | None = Field(
+        default=None,
+        description="Number or range filter on the end time, Unix milliseconds; `np` for chats not ended.",
+    )
+    combined_cost: CostCriterion | None = Field(
+        default=None,
+        description="Number, range or present filter on `chatCost.combinedCost` (same unit).",
+    )
+    custom_attributes: list[KeyCriterion] | None = Field(
+        default=None,
+        max_length=20,
+        description="Filters on `customAttributes` entries, each with its `key`. A number filter also "
+        "matches a string written as a decimal number.",
+    )
+    custom_analysis_data: list[KeyCriterion] | None = Field(
+        default=None,
+        max_length=20,
+        description="Filters on `chatAnalysis.customAnalysisData` entries, each with its `key`.",
+    )
+
+
+class ListChatsV3Request(_Strict):
+    workspace_id: WorkspaceId
+    filter_criteria: ChatFilterCriteria | None = Field(default=None, description="Left out: every chat.")
+    sort_order: SortOrder = Field(default="descending", description="By start time; newest first by default.")
+    limit: int = Field(default=50, ge=1, le=1000, description="Items per page (1..1000).")
+    pagination_key: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="`pagination_key` of the previous answer, with the same `sort_order`.",
+    )
+    include_total: bool = Field(
+        default=False, description="Also count every chat matching `filter_criteria` (one more query)."
+    )
+
+
+class ListChatsV3Response(BaseModel):
+    items: list[ChatSummary] = Field(description="Chats without messages and transcript.")
+    has_more: bool = Field(description="Whether another page follows.")
+    pagination_key: str | None = Field(description="Pass back to get the next page; null on the last one.")
+    total: int | None = Field(
+        default=None,
+        description="Chats matching `filter_criteria`, whatever the cursor; only when `include_total` is true.",
+    )
+
+
+# --- the query ---------------------------------------------------------------
+
+
+def _at(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def _ms_interval(op: str, value: Any) -> tuple[int | None, int | None] | None:
+    """``[lo, hi)`` in whole ms of the times whose millisecond satisfies ``op value``; None: empty."""
+    if op == "bt":
+        lo, hi = math.ceil(value[0]), math.floor(value[1]) + 1
+    elif op == "eq":
+        if value != math.floor(value):
+            return None
+        lo, hi = int(value), int(value) + 1
+    else:
+        lo, hi = {
+            "gt": (math.floor(value) + 1, None),
+            "ge": (math.ceil(value), None),
+            "lt": (None, math.ceil(value)),
+            "le": (None, math.floor(value) + 1),
+        }[op]
+    if lo is not None and lo > MAX_MS:
+        return None
+    if hi is not None and hi > MAX_MS:
+        hi = None
+    if lo is not None and hi is not None and lo >= hi:
+        return None
+    return lo, hi
+
+
+def _time_condition(column: Any, criterion: Any) -> ColumnElement[bool]:
+    if criterion.op in ("pr", "np"):
+        return column.is_not(None) if criterion.op == "pr" else column.is_(None)
+    interval = _ms_interval("eq" if criterion.op == "ne" else criterion.op, criterion.value)
+    if interval is None:
+        matched: ColumnElement[bool] = false()
+    else:
+        lo, hi = interval
+        parts = [column >= _at(lo)] if lo is not None else [column.is_not(None)]
+        if hi is not None:
+            parts.append(column < _at(hi))
+        matched = and_(*parts)
+    return _negate(matched) if criterion.op == "ne" else matched
+
+
+def _start_id_bounds(criterion: Any) -> list[ColumnElement[bool]]:
+    if criterion.op == "ne":
+        return []
+    interval = _ms_interval(criterion.op, criterion.value)
+    if interval is None:
+        return []
+    lo, hi = interval
+    bounds = []
+    if lo is not None and lo - START_ID_SLACK_MS > 0:
+        bounds.append(Chat.id >= id_at(_at(lo - START_ID_SLACK_MS)))
+    if hi is not None and hi + START_ID_SLACK_MS <= MAX_MS:
+        bounds.append(Chat.id < id_at(_at(hi + START_ID_SLACK_MS)))
+    return bounds
+
+
+def _negate(condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    """NOT that is true where ``condition`` is false *or unknown* (SQL NULL)."""
+    return not_(func.coalesce(condition, false()))
+
+
+def _compare(value: Any, op: str, operand: Any) -> ColumnElement[bool]:
+    return {
+        "eq": lambda: value == operand,
+        "gt": lambda: value > operand,
+        "ge": lambda: value >= operand,
+        "lt": lambda: value < operand,
+        "le": lambda: value <= operand,
+    }[op]()
+
+
+def _number_condition(value: Any, criterion: Any, bind: Callable[[float], Any] = lambda v: v) -> ColumnElement[bool]:
+    if criterion.op in ("pr", "np"):
+        return value.is_not(None) if criterion.op == "pr" else value.is_(None)
+    if criterion.op == "bt":
+        return and_(value >= bind(criterion.value[0]), value <= bind(criterion.value[1]))
+    if criterion.op == "ne":
+        return _negate(value == bind(criterion.value))
+    return _compare(value, criterion.op, bind(criterion.value))
+
+
+def _string_condition(text: Any, op: str, operand: str, dialect: str) -> ColumnElement[bool]:
+    if op in ("sw", "ew", "co") and operand == "":
+        return text.is_not(None)
+    n = len(operand)
+    if op == "sw":
+        return func.substr(text, 1, n) == operand
+    if op == "ew":
+        return func.substr(text, func.length(text) - n + 1) == operand
+    if op == "co":
+        return (func.strpos(text, operand) if dialect == "postgresql" else func.instr(text, operand)) > 0
+    return text == operand  # eq; ne is the caller's negation
+
+
+@dataclass(frozen=True, slots=True)
+class _JsonEntry:
+    """One JSON value of a chat (``key`` of an object column), seen the same on both backends."""
+
+    is_string: ColumnElement[bool]
+    is_number: ColumnElement[bool]
+    text: Any  # the string, for JSON strings
+    number: Any  # the value as a number: a JSON number, or a string written as one; else NULL
+    is_bool: Callable[[bool], ColumnElement[bool]]
+    is_present: ColumnElement[bool]
+    bind_number: Callable[[float], Any]
+    holds: Callable[[ColumnElement[bool]], ColumnElement[bool]]
+
+
+def _postgres_entry(column: Any, path: tuple[str, ...]) -> _JsonEntry:
+    node = func.jsonb_extract_path(column, *path)
+    kind = func.jsonb_typeof(node)
+    text = func.jsonb_extract_path_text(column, *path)
+    # numeric, not float: a JSON number too big for a double is not an error.
+    number = case(
+        (kind == "number", cast(text, Numeric)),
+        (and_(kind == "string", text.regexp_match(NUMERIC_PATTERN)), cast(text, Numeric)),
+        else_=None,
+    )
+    return _JsonEntry(
+        is_string=kind == "string",
+        is_number=kind == "number",
+        text=case((kind == "string", text), else_=None),
+        number=number,
+        is_bool=lambda v: and_(kind.in_(("boolean", "string")), text == ("true" if v else "false")),
+        is_present=and_(kind.is_not(None), kind != "null"),
+        bind_number=lambda v: literal(Decimal(repr(v)), Numeric()),
+        holds=lambda condition: func.coalesce(condition, false()),
+    )
+
+
+def _sqlite_entry(column: Any, path: tuple[str, ...]) -> _JsonEntry:
+    # json_each decodes keys; a JSON path would compare the escaped text.
+    parent = "$" + "".join(f'."{p}"' for p in path[:-1])
+    each = func.json_each(column, parent).table_valued("key", "type", "value", name="entry")
+    kind, value = each.c.type, each.c.value
+    rest = case((func.substr(value, 1, 1) == "-", func.substr(value, 2)), else_=value)
+    looks_numeric = and_(
+        kind == "text",
+        rest.op("GLOB")("[0-9]*"),
+        not_(rest.op("GLOB")("*[^0-9.]*")),
+        not_(rest.op("GLOB")("*.*.*")),
+        not_(rest.op("GLOB")("*.")),
+    )
+    number = case(
+        (kind.in_(("integer", "real")), value),
+        (looks_numeric, cast(value, Float)),
+        else_=None,
+    )
+
+    def holds(condition: ColumnElement[bool]) -> ColumnElement[bool]:
+        return exists(select(1).select_from(each).where(each.c.key == path[-1], condition))
+
+    return _JsonEntry(
+        is_string=kind == "text",
+        is_number=kind.in_(("integer", "real")),
+        text=case((kind == "text", value), else_=None),
+        number=number,
+        is_bool=lambda v: or_(kind == ("true" if v else "false"),
+                              and_(kind == "text", value == ("true" if v else "false"))),
+        is_present=and_(kind.is_not(None), kind != "null"),
+        bind_number=lambda v: v,
+        holds=holds,
+    )
+
+
+def _key_condition(column: Any, prefix: tuple[str, ...], criterion: Any, dialect: str) -> ColumnElement[bool]:
+    path = (*prefix, criterion.key)
+    entry = _postgres_entry(column, path) if dialect == "postgresql" else _sqlite_entry(column, path)
+    op = criterion.op
+    if isinstance(criterion, ChatPresentFilter):
+        present = entry.holds(entry.is_present)
+        return present if op == "pr" else not_(present)
+    if isinstance(criterion, ChatStringFilter):
+        matched = entry.holds(_string_condition(entry.text, "eq" if op == "ne" else op, criterion.value, dialect))
+    elif isinstance(criterion, ChatEnumFilter):
+        matched = entry.holds(entry.text.in_(criterion.value))
+    elif isinstance(criterion, ChatBooleanFilter):
+        matched = entry.holds(entry.is_bool(criterion.value))
+    elif isinstance(criterion, ChatRangeFilter):
+        low, high = (entry.bind_number(v) for v in criterion.value)
+        matched = entry.holds(and_(entry.number >= low, entry.number <= high))
+    else:
+        matched = entry.holds(_compare(entry.number, "eq" if op == "ne" else op, entry.bind_number(criterion.value)))
+    return not_(matched) if op == "ne" else matched
+
+
+def conditions(criteria: ChatFilterCriteria | None, *, dialect: str) -> list[ColumnElement[bool]]:
+    """The WHERE clauses for ``filter_criteria`` (besides the workspace)."""
+    if criteria is None:
+        return []
+    where: list[ColumnElement[bool]] = []
+    if criteria.agent:
+        where.append(
+            or_(
+                *(
+                    and_(Chat.agent_id == a.agent_id, *([Chat.agent_version.in_(a.version)] if a.version else []))
+                    for a in criteria.agent
+                )
+            )
+        )
+    if (c := criteria.chat_id) is not None:
+        if isinstance(c, ChatEnumFilter):
+            where.append(Chat.id.in_(c.value))
+        elif c.op == "ne":
+            where.append(Chat.id != c.value)
+        else:
+            where.append(_string_condition(Chat.id, c.op, c.value, dialect))
+    if criteria.chat_status is not None:
+        where.append(Chat.status.in_(criteria.chat_status.value))
+    if criteria.chat_type is not None:
+        where.append(Chat.type.in_(criteria.chat_type.value))
+    if criteria.user_sentiment is not None:
+        where.append(Chat.user_sentiment.in_(criteria.user_sentiment.value))
+    if criteria.chat_successful is not None:
+        where.append(Chat.chat_successful.is_(criteria.chat_successful.value))
+    if (c := criteria.start_timestamp) is not None:
+        where.extend(_start_id_bounds(c))
+        where.append(_time_condition(Chat.started_at, c))
+    if criteria.end_timestamp is not None:
+        where.append(_time_condition(Chat.ended_at, criteria.end_timestamp))
+    if criteria.combined_cost is not None:
+        where.append(_number_condition(Chat.combined_cost, criteria.combined_cost))
+    for item in criteria.custom_attributes or []:
+        where.append(_key_condition(Chat.custom_attributes, (), item, dialect))
+    for item in criteria.custom_analysis_data or []:
+        where.append(_key_condition(Chat.chat_analysis, ("customAnalysisData",), item, dialect))
+    return where
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPage:
+    chats: list[Chat]
+    pagination_key: str | None
+    total: int | None
+
+
+async def list_chats(session: AsyncSession, *, workspace_id: int, request: ListChatsV3Request) -> ChatPage:
+    """One page of the workspace's chats matching ``request.filter_criteria``."""
+    after = None
+    if request.pagination_key:
+        try:
+            after = decode_cursor(request.pagination_key, request.sort_order)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.details[0]["message"], field="pagination_key") from None
+    page = PageRequest(limit=request.limit, after=after, order=request.sort_order)
+    dialect = session.get_bind().dialect.name
+    where = [Chat.workspace_id == workspace_id, *conditions(request.filter_criteria, dialect=dialect)]
+
+    query = select(Chat).where(*where)
+    if page.order == "descending":
+        query = query.order_by(Chat.id.desc())
+        if page.after:
+            query = query.where(Chat.id < page.after)
+    else:
+        query = query.order_by(Chat.id.asc())
+        if page.after:
+            query = query.where(Chat.id > page.after)
+    rows = list((await session.scalars(query.limit(page.limit + 1))).all())
+    chats, key = page_of(rows, [r.id for r in rows], page)
+    total = None
+    if request.include_total:
+        total = await session.scalar(select(func.count()).select_from(Chat).where(*where))
+    return ChatPage(chats=chats, pagination_key=key, total=total)
+
+
+# --- the route -----------------------------------------------------------------
+
+
+@router.post(
+    "/v3/list-chats",
+    response_model=ListChatsV3Response,
+    response_model_exclude_unset=True,
+    summary="List chats (v3)",
+    description=(
+        "Retell's v3 chat list. Chats of the workspace matching every filter of `filter_criteria`, "
+        "by start time (`sort_order`, newest first by default), `limit` per page; pass "
+        "`pagination_key` back for the next page. Items leave out messages and transcript. "
+        "`total` is there only with `include_total: true`.\n\n"
+        "Each filter is `{op, type, value}` as in the Retell SDK; `type` may be left out when `op` "
+        "implies it. String ops `eq ne sw ew co` (case-sensitive), number ops `eq ne gt ge lt le`, "
+        "range `bt` (`[lower, upper]`, inclusive), enum `in`, presence `pr np` (no `value`), boolean "
+        "`eq`. `ne` also matches chats without a value. Timestamps are Unix milliseconds. Unknown "
+        "fields and filters are refused (422), never ignored."
+    ),
+)
+async def list_chats_v3(body: ListChatsV3Request, session: Session, principal: CurrentPrincipal) -> dict[str, Any]:
+    workspace_id = principal.require(body.workspace_id)
+    page = await list_chats(session, workspace_id=workspace_id, request=body)
+    out: dict[str, Any] = {
+        "items": [service.chat_out(chat, None) for chat in page.chats],
+        "has_more": page.pagination_key is not None,
+        "pagination_key": page.pagination_key,
+    }
+    if body.include_total:
+        out["total"] = page.total
+    return out
