@@ -84,8 +84,10 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     def _begin(conn) -> None:  # type: ignore[no-untyped-def]
         # A deferred transaction that later writes can fail at once with
         # SQLITE_BUSY when another process holds the lock; IMMEDIATE takes the
-        # write lock up front and so honours busy_timeout instead.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # write lock up front and so honours busy_timeout instead. A
+        # connection asked to autocommit (single reads) takes no lock.
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

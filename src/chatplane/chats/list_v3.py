@@ -82,6 +82,7 @@ from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -138,12 +139,32 @@ _KIND_OF_OP = {
 }
 _OP_ORDER = ["eq", "ne", "sw", "ew", "co", "gt", "ge", "lt", "le", "bt", "in", "pr", "np"]
 
+
+
+def _storable(value: str) -> bool:
+    """Whether both databases can take the string: UTF-8 encodable and (PostgreSQL) no U+0000."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def _no_nul(value: str) -> str:
+    # Refused on every backend alike rather than a 500 from the driver.
+    if not _storable(value):
+        raise ValueError("must not contain U+0000 or a lone UTF-16 surrogate")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul), Field(max_length=1000)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 UnixMs = Annotated[
     float, Field(ge=0, le=MAX_MS, allow_inf_nan=False, description="Unix time in milliseconds.")
 ]
 JsonKey = Annotated[
     str,
+    AfterValidator(_no_nul),
     Field(
         min_length=1,
         max_length=256,
@@ -166,7 +187,7 @@ _TYPE_DESCRIPTION = "The filter's kind; may be left out, as `op` implies it."
 class ChatStringFilter(_Strict):
     op: StringOp = Field(description="eq: equal, ne: not equal, sw: starts with, ew: ends with, co: contains.")
     type: Literal["string"] = Field(default="string", description=_TYPE_DESCRIPTION)
-    value: str = Field(max_length=1000, description="Compared case-sensitively.")
+    value: Text = Field(description="Compared case-sensitively.")
 
 
 class ChatNumberFilter(_Strict):
@@ -206,7 +227,7 @@ class ChatTimestampRangeFilter(ChatRangeFilter):
 class ChatEnumFilter(_Strict):
     op: Literal["in"] = Field(description="in: the value is one of the listed values.")
     type: Literal["enum"] = Field(default="enum", description=_TYPE_DESCRIPTION)
-    value: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=1000)
+    value: list[Text] = Field(min_length=1, max_length=1000)
 
 
 class ChatStatusFilter(ChatEnumFilter):
@@ -246,7 +267,7 @@ class ChatKeyRangeFilter(ChatRangeFilter):
 
 class ChatKeyEnumFilter(ChatEnumFilter):
     key: JsonKey
-    value: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=100)
+    value: list[Text] = Field(min_length=1, max_length=100)
 
 
 class ChatKeyBooleanFilter(ChatBooleanFilter):
@@ -361,7 +382,7 @@ def _whole_number(value: Any) -> Any:
 
 
 class ChatAgentFilter(_Strict):
-    agent_id: str = Field(min_length=1, max_length=64)
+    agent_id: Annotated[str, AfterValidator(_no_nul)] = Field(min_length=1, max_length=64)
     version: list[Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]] | None = Field(
         default=None,
         max_length=100,
@@ -682,6 +703,8 @@ async def list_chats(session: AsyncSession, *, workspace_id: int, request: ListC
             after = decode_cursor(request.pagination_key, request.sort_order)
         except InvalidInput as exc:
             raise InvalidInput(exc.details[0]["message"], field="pagination_key") from None
+        if not _storable(after):
+            raise InvalidInput("not a pagination key this server issued", field="pagination_key")
     page = PageRequest(limit=request.limit, after=after, order=request.sort_order)
     dialect = session.get_bind().dialect.name
     where = [Chat.workspace_id == workspace_id, *conditions(request.filter_criteria, dialect=dialect)]

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatplane.chats.locks import TurnLocks
@@ -24,7 +24,6 @@ from chatplane.chats.service import (
     chat_ended,
     chat_not_found,
     chat_variables,
-    message_out,
 )
 from chatplane.db import utcnow
 from chatplane.errors import Conflict
@@ -43,14 +42,50 @@ class TurnAnswer:
     replayed: bool = False
 
 
-def _jsonable(message: dict[str, Any]) -> dict[str, Any]:
-    # The same form the response models give every other datetime.
-    return {**message, "createdAt": message["createdAt"].isoformat().replace("+00:00", "Z")}
+def _message_json(row: dict[str, Any]) -> dict[str, Any]:
+    """``message_out`` of a message row not yet read back, as JSON-ready data."""
+    return {
+        "role": row["role"],
+        "content": row["content"],
+        "name": row["name"],
+        "tool_calls": row["tool_calls"] or [],
+        "messageId": row["id"],
+        # The same form the response models give every other datetime.
+        "createdAt": row["created_at"].isoformat().replace("+00:00", "Z"),
+    }
 
 
 CHATS = Chat.__table__
 MESSAGES = ChatMessage.__table__
 IDEMPOTENCY = IdempotencyKey.__table__
+
+# The hot path's statements, built once: SQLAlchemy caches the compiled SQL,
+# but building the expression tree is itself ~1 ms a turn.
+READ_CHAT = (
+    select(CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"))
+    .join(ChatAgent, (ChatAgent.id == CHATS.c.agent_id) & (ChatAgent.version == CHATS.c.agent_version))
+    .join(Llm, (Llm.id == CHATS.c.llm_id) & (Llm.version == CHATS.c.llm_version))
+    .where(CHATS.c.id == bindparam("chat_id"), CHATS.c.workspace_id == bindparam("workspace_id"))
+)
+READ_HISTORY = (
+    select(MESSAGES.c.role, MESSAGES.c.content)
+    .where(MESSAGES.c.chat_id == bindparam("chat_id"), MESSAGES.c.seq >= bindparam("from_seq"))
+    .order_by(MESSAGES.c.seq)
+)
+READ_IDEMPOTENT = select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.response).where(
+    IDEMPOTENCY.c.chat_id == bindparam("chat_id"), IDEMPOTENCY.c.key == bindparam("key")
+)
+INSERT_MESSAGES = insert(MESSAGES)
+INSERT_IDEMPOTENT = insert(IDEMPOTENCY)
+UPDATE_AFTER_TURN = (
+    update(CHATS)
+    .where(CHATS.c.id == bindparam("b_chat_id"))
+    .values(
+        message_count=bindparam("b_count"),
+        last_user_message_at=bindparam("b_user_at", type_=CHATS.c.last_user_message_at.type),
+        last_agent_message_at=bindparam("b_agent_at", type_=CHATS.c.last_agent_message_at.type),
+    )
+)
 
 
 class Turns:
@@ -75,11 +110,7 @@ class Turns:
         if cached is None or len(cached) > chat.message_count:
             cached = []
         if len(cached) < chat.message_count:
-            rows = await conn.execute(
-                select(MESSAGES.c.role, MESSAGES.c.content)
-                .where(MESSAGES.c.chat_id == chat.id, MESSAGES.c.seq >= len(cached))
-                .order_by(MESSAGES.c.seq)
-            )
+            rows = await conn.execute(READ_HISTORY, {"chat_id": chat.id, "from_seq": len(cached)})
             cached.extend({"role": role, "content": content} for role, content in rows)
         self._history[chat.id] = cached
         if len(self._history) > HISTORY_CACHE_CHATS:
@@ -100,24 +131,18 @@ class Turns:
     ) -> TurnAnswer:
         request_hash = hashlib.sha256(content.encode()).hexdigest()
         async with self.locks.hold(chat_id):
+            # Reads under the turn lock need no transaction: nothing else can
+            # change this chat's history until we let go.
             async with self.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
                 row = (
-                    await conn.execute(
-                        select(CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"))
-                        .join(ChatAgent, (ChatAgent.id == CHATS.c.agent_id) & (ChatAgent.version == CHATS.c.agent_version))
-                        .join(Llm, (Llm.id == CHATS.c.llm_id) & (Llm.version == CHATS.c.llm_version))
-                        .where(CHATS.c.id == chat_id, CHATS.c.workspace_id == workspace_id)
-                    )
+                    await conn.execute(READ_CHAT, {"chat_id": chat_id, "workspace_id": workspace_id})
                 ).one_or_none()
                 if row is None:
                     raise chat_not_found(chat_id)
                 if idempotency_key:
                     earlier = (
-                        await conn.execute(
-                            select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.response).where(
-                                IDEMPOTENCY.c.chat_id == chat_id, IDEMPOTENCY.c.key == idempotency_key
-                            )
-                        )
+                        await conn.execute(READ_IDEMPOTENT, {"chat_id": chat_id, "key": idempotency_key})
                     ).one_or_none()
                     if earlier is not None:
                         if earlier.request_hash != request_hash:
@@ -129,7 +154,6 @@ class Turns:
                 if row.status != "ongoing":
                     raise chat_ended(row)
                 history = await self._history_for(conn, row)
-                await conn.rollback()  # read-only: end the transaction, free the connection
             started = utcnow()
             versions = Versions(agent=row.agent_config, llm=row.llm_config)
             system = _system_prompt(row, versions, now=started)
@@ -158,20 +182,18 @@ class Turns:
                 "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                 "created_at": now,
             }
-            body = {"messages": [_jsonable(message_out(ChatMessage(**agent)))]}
+            body = {"messages": [_message_json(agent)]}
             async with self.engine.begin() as conn:
-                await conn.execute(insert(MESSAGES), [user, agent])
+                await conn.execute(INSERT_MESSAGES, [user, agent])
                 await conn.execute(
-                    update(CHATS)
-                    .where(CHATS.c.id == chat_id)
-                    .values(message_count=seq + 2, last_user_message_at=started, last_agent_message_at=now)
+                    UPDATE_AFTER_TURN,
+                    {"b_chat_id": chat_id, "b_count": seq + 2, "b_user_at": started, "b_agent_at": now},
                 )
                 if idempotency_key:
                     await conn.execute(
-                        insert(IDEMPOTENCY).values(
-                            chat_id=chat_id, key=idempotency_key, request_hash=request_hash,
-                            response=body, created_at=now,
-                        )
+                        INSERT_IDEMPOTENT,
+                        {"chat_id": chat_id, "key": idempotency_key, "request_hash": request_hash,
+                         "response": body, "created_at": now},
                     )
             history.append({"role": "user", "content": content})
             history.append({"role": "assistant", "content": reply.content})
