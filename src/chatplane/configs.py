@@ -70,6 +70,11 @@ async def get(
     if for_update:
         query = query.with_for_update()
     row = await session.scalar(query)
+    if row is None and for_update and version is None:
+        # Waiting for the lock, we may have seen the latest row stop being the
+        # latest (a concurrent edit made the next version): look once more,
+        # with a fresh snapshot, for the row that is the latest now.
+        row = await session.scalar(query)
     if row is None:
         raise not_found(model, id, version)
     return row

@@ -95,24 +95,31 @@ class FieldError(ValueError):
 
 # Pydantic puts the member it tried into the location of a union error: the
 # tag of a discriminated union ("custom", "uponai-llm", "enum") or the type
-# of a plain one ("constrained-str", "list[...]"). A client wants the field.
-UNION_TAGS = frozenset(
-    {"end_chat", "custom", "extract_dynamic_variable", "string", "enum", "boolean", "number",
-     "uponai-llm", "conversation-flow"}
+# of a plain one ("constrained-str", "list[...]"). A client wants the field,
+# so such a segment is dropped, but only right after a field that holds a
+# union: elsewhere the same word may be the client's own key.
+UNION_FIELDS = frozenset(
+    {"response_engine", "general_tools", "tools", "variables", "post_chat_analysis_data", "language"}
 )
 
 
 def _is_union_member(part: str) -> bool:
-    return part in UNION_TAGS or "[" in part or part.startswith("constrained-") or part[:1].isupper() or part in (
-        "str", "int", "float", "bool", "dict", "list", "none")
+    return not part.isidentifier() or part[:1].isupper() or part in (
+        "end_chat", "custom", "extract_dynamic_variable", "string", "enum", "boolean", "number", "str")
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
     # Drop the "body"/"query" prefix FastAPI adds; keep list indexes readable.
-    parts = [
-        str(p) for p in loc
-        if p not in ("body", "query", "path", "header") and not (isinstance(p, str) and _is_union_member(p))
-    ]
+    parts: list[str] = []
+    last_field = None
+    for p in loc:
+        if p in ("body", "query", "path", "header"):
+            continue
+        if isinstance(p, str) and last_field in UNION_FIELDS and _is_union_member(p):
+            continue
+        parts.append(str(p))
+        if isinstance(p, str):
+            last_field = p
     out = ""
     for part in parts:
         out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)

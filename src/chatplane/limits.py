@@ -1,13 +1,45 @@
-"""Request-body size limit, enforced before any route reads the body."""
+"""Input guards that run before any route: the body-size limit, and NUL.
+
+PostgreSQL cannot store U+0000 in text or JSON, so a NUL anywhere in the
+path, the query or a JSON string would otherwise surface as a database error
+(a 500) on PostgreSQL and be stored on SQLite. It is refused up front, on
+every backend alike, with a 422.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 DRAIN_LIMIT = 16 * 1024 * 1024
+# \u0000 in JSON text, not preceded by an escaped backslash.
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _nul_field(body: bytes) -> str:
+    """Where the first NUL sits in a JSON body, as an error field name."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "body"
+
+    def walk(node: object, path: str) -> str | None:
+        if isinstance(node, str):
+            return path if "\x00" in node else None
+        if isinstance(node, list):
+            items = enumerate(node)
+            return next((f for i, v in items if (f := walk(v, f"{path}[{i}]"))), None)
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{path}.{key}" if path else key
+                if "\x00" in key or (found := walk(value, here)):
+                    return here if "\x00" in key else found
+        return None
+
+    return walk(document, "") or "body"
 
 
 class BodyLimit:
@@ -22,7 +54,13 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            await self._refuse(send, 422, "validation_error", "NUL characters are not accepted in a URL", "path")
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
@@ -47,6 +85,11 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if b"\x00" in body or (b"\\u0000" in body and _JSON_NUL.search(body)):
+            await self._refuse(
+                send, 422, "validation_error", "NUL (\\u0000) characters are not accepted", _nul_field(body)
+            )
+            return
         sent = False
 
         async def replay() -> Message:
@@ -77,18 +120,20 @@ class BodyLimit:
                 return
 
     async def _too_large(self, send: Send) -> None:
-        payload = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body is larger than {self.max_bytes} bytes",
-                }
-            }
-        ).encode()
+        await self._refuse(
+            send, 413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes", None
+        )
+
+    async def _refuse(self, send: Send, status: int, code: str, message: str, field: str | None) -> None:
+        error: dict[str, object] = {"code": code, "message": message}
+        if field:
+            error["field"] = field
+            error["details"] = [{"field": field, "message": message}]
+        payload = json.dumps({"error": error}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),

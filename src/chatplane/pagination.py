@@ -49,7 +49,9 @@ def decode_cursor(key: str, order: SortOrder) -> str:
         last_id, key_order = data["a"], data["o"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise InvalidInput("not a pagination key this server issued", field="paginationKey") from None
-    if not isinstance(last_id, str) or key_order != order[0]:
+    if not isinstance(last_id, str) or "\x00" in last_id:
+        raise InvalidInput("not a pagination key this server issued", field="paginationKey")
+    if key_order != order[0]:
         raise InvalidInput("pagination key was issued for another sort order", field="paginationKey")
     return last_id
 

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from chatplane.errors import FieldError, InvalidInput
@@ -129,3 +130,10 @@ class WorkspaceBody(StrictModel):
     """A body that only names the workspace (publish, end, …)."""
 
     workspace_id: WorkspaceId
+
+
+MAX_VERSION = 2_147_483_647  # a 32-bit integer column on every backend
+
+VersionQuery = Annotated[
+    int | None, Query(ge=1, le=MAX_VERSION, description="A version; the latest if unset.")
+]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from chatplane import configs
 from chatplane.agents import service
@@ -12,11 +10,10 @@ from chatplane.agents.schemas import ChatAgentCreate, ChatAgentOut, ChatAgentUpd
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
 from chatplane.models import ChatAgent
 from chatplane.pagination import Page, PageQuery
-from chatplane.schemas import WorkspaceBody
+from chatplane.schemas import VersionQuery, WorkspaceBody
 
 router = APIRouter(prefix="/api/chat-agents", tags=["Chat Agents"])
 
-VersionQuery = Annotated[int | None, Query(ge=1, description="A version; the latest if unset.")]
 
 
 def agent_out(row: ChatAgent) -> dict:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from chatplane import configs
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
@@ -12,14 +10,10 @@ from chatplane.llms import service
 from chatplane.llms.schemas import LlmCreate, LlmOut, LlmUpdate
 from chatplane.models import Llm
 from chatplane.pagination import Page, PageQuery
-from chatplane.schemas import WorkspaceBody
+from chatplane.schemas import VersionQuery, WorkspaceBody
 
 router = APIRouter(prefix="/api/llms", tags=["LLM Models"])
 
-# Bounded so a huge number is a 422, not a database overflow (versions are INTEGER).
-VersionQuery = Annotated[
-    int | None, Query(ge=1, le=2_147_483_647, description="A version; the latest if unset.")
-]
 
 
 def llm_out(row: Llm) -> dict:
