@@ -5,22 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncio
-
 from fastapi import FastAPI
 
 from chatplane import __version__
 from chatplane.agents.routes import router as agents_router
-from chatplane.auth import PrincipalCache
 from chatplane.chats.list_v3 import router as list_chats_v3_router
-from chatplane.chats.locks import TurnLocks
 from chatplane.chats.routes import router as chats_router
-from chatplane.chats.turns import Turns
-from chatplane.db import create_engine, create_sessionmaker
 from chatplane.errors import install_error_handlers
 from chatplane.limits import BodyLimit
 from chatplane.llms.routes import router as llms_router
-from chatplane.providers import Registry
+from chatplane.services import start, stop
 from chatplane.settings import Settings
 from chatplane.workspaces.routes import router as workspaces_router
 
@@ -39,23 +33,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        app.state.engine = engine
-        app.state.sessions = create_sessionmaker(engine)
-        app.state.principals = PrincipalCache(engine, settings.auth_cache_s)
-        app.state.registry = Registry(settings)
-        locks = TurnLocks(engine, lock_file=settings.sqlite_path.with_suffix(".turnlocks") if settings.is_sqlite else None)
-        app.state.turns = Turns(engine, app.state.registry, locks)
-        app.state.background = set()
+        services = await start(settings, worker=settings.jobs.in_server)
+        app.state.services = services
+        # The names routes and dependencies reach for.
+        app.state.sessions = services.sessions
+        app.state.turns = services.turns
+        app.state.principals = services.principals
+        app.state.background = services.background
         try:
             yield
         finally:
-            # Let turns whose clients went away finish and be stored.
-            if app.state.background:
-                await asyncio.wait(app.state.background, timeout=settings.server.shutdown_grace_s)
-            await locks.aclose()
-            await app.state.registry.aclose()
-            await engine.dispose()
+            await stop(services)
 
     app = FastAPI(
         title="chatplane",

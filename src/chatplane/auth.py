@@ -49,7 +49,7 @@ class Principal:
 
 
 async def create_workspace(session: AsyncSession, *, name: str) -> Workspace:
-    workspace = Workspace(name=name)
+    workspace = Workspace(name=name, webhook_key=secrets.token_hex(32))
     session.add(workspace)
     await session.flush()
     return workspace
@@ -155,6 +155,8 @@ async def get_session(request: Request):  # type: ignore[no-untyped-def]
     Used with ``scope="function"`` so the commit happens before the response
     is sent: a client never sees a 2xx for work that was not kept.
     """
+    from chatplane import jobs
+
     async with request.app.state.sessions() as session:
         try:
             yield session
@@ -162,6 +164,7 @@ async def get_session(request: Request):  # type: ignore[no-untyped-def]
         except BaseException:
             await session.rollback()
             raise
+        jobs.committed(session)
 
 
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

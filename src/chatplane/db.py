@@ -99,6 +99,8 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 @asynccontextmanager
 async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A session whose work is committed on success and rolled back on error."""
+    from chatplane import jobs
+
     async with sessions() as session:
         try:
             yield session
@@ -106,6 +108,7 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
         except BaseException:
             await session.rollback()
             raise
+        jobs.committed(session)
 
 
 def alembic_config(settings: Settings) -> Config:

@@ -68,6 +68,18 @@ class EmbeddedModelSettings(BaseModel):
     )
 
 
+class JobSettings(BaseModel):
+    """Durable background work: webhooks, analysis, auto-close, SMS."""
+
+    in_server: bool = Field(default=True, description="`serve` also runs a worker in each process.")
+    concurrency: int = Field(default=8, ge=1, description="Jobs one worker runs at once.")
+    lease_s: float = Field(default=60.0, gt=0, description="A claimed job returns to the queue after this.")
+    poll_s: float = Field(default=0.5, gt=0, description="How often an idle worker looks for due jobs.")
+    backoff_base_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles each attempt.")
+    backoff_cap_s: float = Field(default=1800.0, ge=0, description="Longest delay between attempts.")
+    monitor_s: float = Field(default=15.0, gt=0, description="How often idle chats are looked for.")
+
+
 class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
@@ -103,6 +115,7 @@ class Settings(BaseSettings):
         description="Used as the first API key when `serve` starts on an empty database.",
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     auth_cache_s: float = Field(
         default=1.0, ge=0, description="How long a key lookup is reused; a revocation waits at most this."
     )

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
-from chatplane.chats import service
+from chatplane import jobs
+from chatplane.chats import lifecycle, service
 from chatplane.chats.schemas import (
     Chat,
     ChatCompletionRequest,
@@ -113,8 +114,9 @@ async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principa
     async with turns.locks.hold(chat_id):
         async with request.app.state.sessions() as session:
             chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id, for_update=True)
-            await service.end_chat(session, chat=chat, reason="api")
+            await lifecycle.finish_chat(session, chat=chat, reason="api")
             await session.commit()
+            jobs.committed(session)
     return Response(status_code=204)
 
 

@@ -123,6 +123,9 @@ async def create_chat(
     await session.flush()
     session.add_all(messages)
     await session.flush()
+    from chatplane.chats.lifecycle import chat_started
+
+    await chat_started(session, chat, agent.config)
     return chat, messages
 
 

@@ -1,0 +1,146 @@
+"""What happens around and after turns: starting, ending, closing idle chats.
+
+Every way a chat ends (``POST …/end``, the ``end_chat`` tool, inactivity)
+goes through ``finish_chat``, which in the same transaction queues what an
+ending causes: the ``chat_ended`` webhook and the post-chat analysis (which
+then queues ``chat_analyzed``). Idle chats are found by a monitor that
+queues one idempotent ``chat.auto_close`` job per chat (deduplicated), so
+several workers never close a chat twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatplane import jobs
+from chatplane.chats import service
+from chatplane.db import transaction, utcnow
+from chatplane.ids import new_id
+from chatplane.models import Chat, ChatAgent, ChatMessage
+from chatplane.webhooks.events import enqueue_event, wants
+
+log = logging.getLogger(__name__)
+
+AUTO_CLOSE_JOB = "chat.auto_close"
+ANALYZE_JOB = "chat.analyze"
+MIN_SILENCE_MS = 120_000  # the smallest end_chat_after_silence_ms an agent may have
+
+
+async def agent_config_of(session: AsyncSession, chat: Chat) -> dict[str, Any]:
+    config = await session.scalar(
+        select(ChatAgent.config).where(ChatAgent.id == chat.agent_id, ChatAgent.version == chat.agent_version)
+    )
+    return config or {}
+
+
+async def emit(session: AsyncSession, chat: Chat, event: str, agent_config: dict[str, Any]) -> None:
+    """Queue webhook ``event`` with a snapshot of the chat, if the agent wants it."""
+    if wants(agent_config, event):
+        messages = await service.get_messages(session, chat_id=chat.id)
+        await enqueue_event(
+            session, chat=chat, event=event, agent_config=agent_config,
+            snapshot=service.chat_out(chat, messages),
+        )
+
+
+async def chat_started(session: AsyncSession, chat: Chat, agent_config: dict[str, Any]) -> None:
+    await emit(session, chat, "chat_started", agent_config)
+
+
+async def finish_chat(
+    session: AsyncSession, *, chat: Chat, reason: str, now: datetime | None = None
+) -> Chat:
+    """End an ongoing chat and queue what follows. The caller holds the chat's turn lock."""
+    await service.end_chat(session, chat=chat, reason=reason, now=now)
+    agent_config = await agent_config_of(session, chat)
+    await emit(session, chat, "chat_ended", agent_config)
+    await jobs.enqueue(session, ANALYZE_JOB, {"chat_id": chat.id}, dedupe_key=f"analyze:{chat.id}")
+    return chat
+
+
+# --- auto-close --------------------------------------------------------------
+
+
+async def find_idle_chats(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[str]:
+    """Ongoing chats whose user has been silent at least the agent's
+    ``end_chat_after_silence_ms`` since the agent last spoke (or since the
+    chat started, if the agent has not)."""
+    last_agent = func.coalesce(Chat.last_agent_message_at, Chat.started_at)
+    rows = (
+        await session.execute(
+            select(Chat.id, last_agent, ChatAgent.config)
+            .join(ChatAgent, and_(ChatAgent.id == Chat.agent_id, ChatAgent.version == Chat.agent_version))
+            .where(
+                Chat.status == "ongoing",
+                # The SQL filter uses the smallest silence any agent may have;
+                # each agent's own is checked below.
+                last_agent <= now - timedelta(milliseconds=MIN_SILENCE_MS),
+                or_(Chat.last_user_message_at.is_(None), Chat.last_user_message_at <= last_agent),
+            )
+            .order_by(Chat.id)
+            .limit(limit)
+        )
+    ).all()
+    idle = []
+    for chat_id, since, config in rows:
+        since = since if since.tzinfo else since.replace(tzinfo=now.tzinfo)
+        if since + timedelta(milliseconds=config.get("end_chat_after_silence_ms", 3_600_000)) <= now:
+            idle.append(chat_id)
+    return idle
+
+
+async def queue_idle_chats(services: Any, *, now: datetime | None = None) -> int:
+    """One monitor pass: an auto-close job per idle chat (deduplicated per chat)."""
+    now = now or utcnow()
+    async with transaction(services.sessions) as session:
+        idle = await find_idle_chats(session, now=now)
+        for chat_id in idle:
+            await jobs.enqueue(
+                session, AUTO_CLOSE_JOB, {"chat_id": chat_id, "now": now.isoformat()},
+                dedupe_key=f"auto_close:{chat_id}",
+            )
+    return len(idle)
+
+
+async def run_monitor(services: Any) -> None:
+    while True:
+        try:
+            await queue_idle_chats(services)
+        except Exception:  # keep monitoring through a database hiccup
+            log.exception("idle-chat monitor pass failed")
+        await asyncio.sleep(services.settings.jobs.monitor_s)
+
+
+@jobs.handler(AUTO_CLOSE_JOB)
+async def auto_close(context: jobs.JobContext, payload: dict[str, Any]) -> None:
+    """Close one chat if it is still idle: its auto-close message, then the end."""
+    services = context.services
+    chat_id = payload["chat_id"]
+    now = datetime.fromisoformat(payload["now"]) if payload.get("now") else utcnow()
+    async with services.locks.hold(chat_id):
+        async with transaction(context.sessions) as session:
+            chat = await session.get(Chat, chat_id, with_for_update=True)
+            if chat is None or chat.status != "ongoing":
+                return  # ended meanwhile, or deleted: nothing to do
+            if chat.id not in await find_idle_chats(session, now=now):
+                return  # the user spoke meanwhile
+            config = await agent_config_of(session, chat)
+            message = (config.get("auto_close_message") or "").strip()
+            if message:
+                session.add(
+                    ChatMessage(
+                        id=new_id("msg"), chat_id=chat.id, seq=chat.message_count, role="assistant",
+                        content=message, prompt_tokens=0, completion_tokens=0, created_at=utcnow(),
+                    )
+                )
+                chat.message_count += 1
+                chat.last_agent_message_at = utcnow()
+                await session.flush()
+            await finish_chat(session, chat=chat, reason="inactivity")
+        services.turns.forget(chat_id)

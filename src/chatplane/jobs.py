@@ -1,0 +1,271 @@
+"""Durable background work (the outbox pattern).
+
+- ``enqueue`` writes a job with the caller's session, in the caller's
+  transaction: a rollback drops it, a commit keeps it, a crash loses nothing.
+- Workers claim jobs with a lease (``UPDATE … WHERE id IN (SELECT … FOR UPDATE
+  SKIP LOCKED)`` on PostgreSQL; SQLite's single writer does the same job).
+  A worker that dies keeps its jobs only until the lease runs out; then any
+  worker takes them again. So a job runs at least once: handlers are
+  written to be idempotent.
+- A failed attempt is retried with exponential backoff; after the last one
+  the job is parked as ``failed`` with its error, visible and re-runnable.
+- Jobs that share an ``ordering_key`` (e.g. one chat's webhooks) run one at
+  a time, oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from chatplane.db import transaction, utcnow
+from chatplane.models import Job
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["JobContext", dict[str, Any]], Awaitable[None]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    """Register the function that runs jobs of ``kind``."""
+
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+class RetryLater(Exception):
+    """A handler asks to be run again later without it counting as an error."""
+
+    def __init__(self, message: str, *, after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.after_s = after_s
+
+
+@dataclass
+class JobContext:
+    """What a handler gets besides its payload: the database and the app's services."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    services: Any  # the app's state (settings, registry, turns, …)
+    job_id: int
+    attempt: int
+    max_attempts: int
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+async def enqueue(
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    run_at: datetime | None = None,
+    ordering_key: str | None = None,
+    dedupe_key: str | None = None,
+    max_attempts: int = 5,
+) -> None:
+    """Add a job in the session's transaction. With ``dedupe_key``, a job of
+    the same kind and key that already exists makes this a no-op."""
+    values = {
+        "kind": kind, "payload": payload, "status": "pending", "attempts": 0, "max_attempts": max_attempts,
+        "run_at": run_at or utcnow(), "ordering_key": ordering_key, "dedupe_key": dedupe_key,
+        "created_at": utcnow(),
+    }
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(Job).values(**values)
+    if dedupe_key is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=["kind", "dedupe_key"])
+    await session.execute(statement)
+    session.info["jobs_enqueued"] = True
+
+
+_LOCAL_WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+def committed(session: AsyncSession) -> None:
+    """Call after a commit: if it enqueued jobs, this process's workers look now
+    instead of at their next poll (other processes find them by polling)."""
+    if session.info.pop("jobs_enqueued", False):
+        for worker in _LOCAL_WORKERS:
+            worker.poke()
+
+
+def backoff_s(attempt: int, *, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with full jitter on the upper half."""
+    ceiling = min(cap_s, base_s * 2 ** (attempt - 1))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+class Worker:
+    """Claims due jobs and runs them; one per process, run as an asyncio task."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        services: Any,
+        *,
+        concurrency: int = 8,
+        lease_s: float = 60.0,
+        poll_s: float = 0.5,
+        backoff_base_s: float = 2.0,
+        backoff_cap_s: float = 1800.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.services = services
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.clock = clock
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
+        self.wakeup = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        _LOCAL_WORKERS.add(self)
+
+    def poke(self) -> None:
+        """Look for work now (a job was just committed in this process)."""
+        self.wakeup.set()
+
+    async def claim(self, limit: int) -> list[Job]:
+        now = self.clock()
+        earlier = aliased(Job)
+        blocked = exists().where(
+            earlier.ordering_key == Job.ordering_key,
+            earlier.id < Job.id,
+            earlier.status.in_(("pending", "running")),
+        )
+        due = (
+            select(Job.id)
+            .where(
+                or_(
+                    and_(Job.status == "pending", Job.run_at <= now),
+                    and_(Job.status == "running", Job.lease_until < now),
+                ),
+                or_(Job.ordering_key.is_(None), ~blocked),
+            )
+            .order_by(Job.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with transaction(self.sessions) as session:
+            rows = (
+                await session.execute(
+                    update(Job)
+                    .where(Job.id.in_(due.scalar_subquery()))
+                    .values(
+                        status="running",
+                        attempts=Job.attempts + 1,
+                        lease_until=now + timedelta(seconds=self.lease_s),
+                        locked_by=self.name,
+                    )
+                    .returning(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
+                    .execution_options(synchronize_session=False)
+                )
+            ).all()
+        return [Job(id=r[0], kind=r[1], payload=r[2], attempts=r[3], max_attempts=r[4]) for r in rows]
+
+    async def run_one(self, job: Job) -> None:
+        fn = HANDLERS.get(job.kind)
+        context = JobContext(self.sessions, self.services, job.id, job.attempts, job.max_attempts)
+        try:
+            if fn is None:
+                raise LookupError(f"no handler for job kind {job.kind!r}")
+            await fn(context, job.payload)
+        except RetryLater as exc:
+            await self._finish(job, error=str(exc), retry_after=exc.after_s, counts=False)
+        except Exception as exc:  # a handler's failure is data: recorded, retried, parked
+            log.warning("job %s (%s) attempt %s failed: %s", job.id, job.kind, job.attempts, exc)
+            await self._finish(job, error=f"{type(exc).__name__}: {exc}"[:2000])
+        else:
+            await self._finish(job)
+
+    async def _finish(
+        self, job: Job, *, error: str | None = None, retry_after: float | None = None, counts: bool = True
+    ) -> None:
+        now = self.clock()
+        values: dict[str, Any]
+        if error is None:
+            values = {"status": "done", "finished_at": now, "lease_until": None, "last_error": None}
+        elif counts and job.attempts >= job.max_attempts:
+            values = {"status": "failed", "finished_at": now, "lease_until": None, "last_error": error}
+        else:
+            delay = retry_after if retry_after is not None else backoff_s(
+                job.attempts, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s
+            )
+            values = {
+                "status": "pending", "run_at": now + timedelta(seconds=delay), "lease_until": None,
+                "last_error": error,
+            }
+            if not counts:
+                values["attempts"] = Job.attempts - 1
+        async with transaction(self.sessions) as session:
+            # Only if we still hold it: a job whose lease we lost belongs to
+            # whichever worker took it over.
+            await session.execute(
+                update(Job).where(Job.id == job.id, Job.locked_by == self.name).values(**values)
+            )
+
+    async def run_once(self) -> int:
+        """Claim what is due (up to the free slots) and start it; returns how many."""
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        jobs = await self.claim(free)
+        for job in jobs:
+            task = asyncio.create_task(self.run_one(job))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: self.wakeup.set())
+        return len(jobs)
+
+    async def drain(self, *, timeout_s: float = 30.0) -> None:
+        """Run until nothing is due and nothing is running (tests, ``worker --once``)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            started = await self.run_once()
+            if self._running:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            elif not started:
+                return
+
+    async def run_forever(self) -> None:
+        while not self._stopping:
+            try:
+                await self.run_once()
+            except Exception:  # the database went away: keep the worker alive
+                log.exception("job worker could not claim jobs; retrying")
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=self.poll_s)
+            except TimeoutError:
+                pass
+
+    async def stop(self, *, grace_s: float = 10.0) -> None:
+        self._stopping = True
+        self.wakeup.set()
+        if self._running:
+            await asyncio.wait(self._running, timeout=grace_s)
