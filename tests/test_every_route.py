@@ -19,7 +19,7 @@ def _operations() -> list[tuple[str, str]]:
     return sorted(
         (method.upper(), path)
         for path, item in spec["paths"].items()
-        if path.startswith("/api")
+        if path.startswith(("/api", "/v3"))
         for method in item
     )
 

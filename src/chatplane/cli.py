@@ -1,4 +1,4 @@
-"""The ``chatplane`` command: serve, migrate, workspaces, keys, chat."""
+"""The ``chatplane`` command: serve, worker, migrate, workspaces, keys, jobs, chat."""
 
 from __future__ import annotations
 
@@ -125,6 +125,71 @@ def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     return run_chat(url=url, key=key, workspace_id=args.workspace, agent_id=args.agent_id)
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run background jobs (and the idle-chat monitor) without serving the API."""
+    import signal
+
+    from chatplane import services as process
+
+    migrate(settings)
+
+    async def main() -> None:
+        services = await process.start(settings, worker=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"chatplane worker {services.worker.name} running", flush=True)  # type: ignore[union-attr]
+        try:
+            if args.once:
+                await services.worker.drain()  # type: ignore[union-attr]
+            else:
+                await stop.wait()
+        finally:
+            await process.stop(services)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from chatplane.models import Job
+
+    async def work(session: AsyncSession) -> Any:
+        query = select(Job).order_by(Job.id.desc()).limit(args.limit)
+        if args.status:
+            query = query.where(Job.status == args.status)
+        return (await session.scalars(query)).all()
+
+    print("id\tkind\tstatus\tattempts\trun_at\tlast_error")
+    for job in run_in_transaction(settings, work):
+        print(f"{job.id}\t{job.kind}\t{job.status}\t{job.attempts}/{job.max_attempts}\t"
+              f"{job.run_at.isoformat()}\t{(job.last_error or '')[:120]}")
+    return 0
+
+
+def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy import update
+
+    from chatplane.db import utcnow
+    from chatplane.models import Job
+
+    async def work(session: AsyncSession) -> int:
+        result = await session.execute(
+            update(Job).where(Job.id == args.job_id, Job.status == "failed")
+            .values(status="pending", attempts=0, run_at=utcnow(), finished_at=None)
+        )
+        return result.rowcount
+
+    if not run_in_transaction(settings, work):
+        print(f"chatplane: no failed job {args.job_id}", file=sys.stderr)
+        return 1
+    print(f"job {args.job_id} queued again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatplane", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     kr = keys.add_parser("revoke", help="revoke an API key")
     kr.add_argument("key_id", type=int)
     kr.set_defaults(func=cmd_keys_revoke)
+
+    worker = commands.add_parser("worker", help="run background jobs only (webhooks, analysis, auto-close)")
+    worker.add_argument("--once", action="store_true", help="run what is due, then exit")
+    worker.set_defaults(func=cmd_worker)
+
+    jobs = commands.add_parser("jobs", help="inspect background jobs").add_subparsers(dest="action", required=True)
+    jl = jobs.add_parser("list", help="recent jobs, newest first")
+    jl.add_argument("--status", choices=["pending", "running", "done", "failed"])
+    jl.add_argument("--limit", type=int, default=50)
+    jl.set_defaults(func=cmd_jobs_list)
+    jr = jobs.add_parser("retry", help="queue a failed job again")
+    jr.add_argument("job_id", type=int)
+    jr.set_defaults(func=cmd_jobs_retry)
 
     chat = commands.add_parser("chat", help="talk to a chat agent from the terminal (needs a running server)")
     chat.add_argument("agent_id")

@@ -159,6 +159,9 @@ class Chat(Base):
     last_agent_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     chat_cost: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     chat_analysis: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Model calls not tied to a message (post-chat analysis): [{model,
+    # prompt_tokens, completion_tokens, purpose}], for chat_cost.
+    extra_usage: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     # Copied out of chat_cost / chat_analysis for /v3/list-chats filters.
     combined_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
     user_sentiment: Mapped[str | None] = mapped_column(String(16), nullable=True)

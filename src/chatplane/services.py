@@ -18,6 +18,10 @@ from chatplane.jobs import Worker
 from chatplane.providers import Registry
 from chatplane.settings import Settings
 
+# Modules whose job handlers a worker must know, imported for their registration.
+import chatplane.chats.analysis  # noqa: E402,F401
+import chatplane.chats.lifecycle  # noqa: E402,F401
+
 
 @dataclass
 class Services:

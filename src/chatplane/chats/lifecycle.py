@@ -54,10 +54,19 @@ async def chat_started(session: AsyncSession, chat: Chat, agent_config: dict[str
 
 
 async def finish_chat(
-    session: AsyncSession, *, chat: Chat, reason: str, now: datetime | None = None
+    session: AsyncSession, *, chat: Chat, reason: str, now: datetime | None = None, registry: Any = None
 ) -> Chat:
-    """End an ongoing chat and queue what follows. The caller holds the chat's turn lock."""
+    """End an ongoing chat and queue what follows. The caller holds the chat's turn lock.
+
+    With the ``registry``, the chat's cost so far is computed at once, so the
+    ``chat_ended`` event carries it (analysis adds its own tokens later).
+    """
     await service.end_chat(session, chat=chat, reason=reason, now=now)
+    if registry is not None:
+        from chatplane.chats.analysis import update_cost
+
+        await update_cost(session, registry=registry, chat=chat)
+        await session.flush()
     agent_config = await agent_config_of(session, chat)
     await emit(session, chat, "chat_ended", agent_config)
     await jobs.enqueue(session, ANALYZE_JOB, {"chat_id": chat.id}, dedupe_key=f"analyze:{chat.id}")
@@ -142,5 +151,5 @@ async def auto_close(context: jobs.JobContext, payload: dict[str, Any]) -> None:
                 chat.message_count += 1
                 chat.last_agent_message_at = utcnow()
                 await session.flush()
-            await finish_chat(session, chat=chat, reason="inactivity")
+            await finish_chat(session, chat=chat, reason="inactivity", registry=services.registry)
         services.turns.forget(chat_id)

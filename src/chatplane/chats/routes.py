@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
 from chatplane import jobs
-from chatplane.chats import lifecycle, service
+from chatplane.chats import analysis, lifecycle, service
 from chatplane.chats.schemas import (
     Chat,
     ChatCompletionRequest,
@@ -25,7 +25,7 @@ from chatplane.chats.schemas import (
     UpdateChatRequest,
 )
 from chatplane.chats.turns import TurnAnswer, Turns
-from chatplane.errors import AppError
+from chatplane.errors import AppError, Conflict
 from chatplane.pagination import PageQuery
 from chatplane.schemas import WorkspaceBody
 
@@ -114,10 +114,26 @@ async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principa
     async with turns.locks.hold(chat_id):
         async with request.app.state.sessions() as session:
             chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id, for_update=True)
-            await lifecycle.finish_chat(session, chat=chat, reason="api")
+            await lifecycle.finish_chat(session, chat=chat, reason="api", registry=request.app.state.services.registry)
             await session.commit()
             jobs.committed(session)
     return Response(status_code=204)
+
+
+@router.post("/{chat_id}/analysis", response_model=Chat, summary="Re-run post-chat analysis",
+             description="Runs the analysis now (it also runs by itself when a chat ends) and answers the chat. "
+             "An ongoing chat answers 409: analysis is of finished chats.")
+async def rerun_analysis(chat_id: str, body: WorkspaceBody, request: Request, principal: CurrentPrincipal) -> dict:
+    workspace_id = principal.require(body.workspace_id)
+    services = request.app.state.services
+    async with services.sessions() as session:
+        chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id)
+        if chat.status == "ongoing":
+            raise Conflict(f"chat {chat_id} is still ongoing; end it first", code="chat_ongoing")
+    await analysis.analyze(services.sessions, registry=services.registry, chat_id=chat_id)
+    async with services.sessions() as session:
+        chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id)
+        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
 
 
 @router.delete("/{chat_id}", status_code=204, summary="Delete chat (and its messages)")

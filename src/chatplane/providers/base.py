@@ -31,6 +31,9 @@ class ModelRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
+    # Constrain the reply to JSON matching this schema; each client says it
+    # the way its backend understands (OpenAI json_schema, llama.cpp grammar).
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

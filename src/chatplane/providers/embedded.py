@@ -79,6 +79,9 @@ class EmbeddedModel:
                 kwargs["tool_choice"] = request.tool_choice
         if request.response_format:
             kwargs["response_format"] = request.response_format
+        if request.json_schema:
+            # llama.cpp turns the schema into a grammar: the output must parse.
+            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
         if on_delta is None:
             result = await asyncio.to_thread(llm.create_chat_completion, **kwargs)
             return _reply(result)

@@ -48,6 +48,11 @@ class OpenAICompatible:
                 kwargs["tool_choice"] = request.tool_choice
         if request.response_format:
             kwargs["response_format"] = request.response_format
+        if request.json_schema:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": request.json_schema, "strict": False},
+            }
         try:
             if on_delta is None:
                 return self._reply(await self.client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion))
