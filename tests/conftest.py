@@ -109,11 +109,16 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True
-        )
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self.sock])
+
+        self.thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
 
     @property
     def url(self) -> str:
@@ -129,6 +134,12 @@ class ServerThread:
             threading.Event().wait(0.01)
         raise RuntimeError("test server did not start")
 
+    def call(self, make_coro):  # type: ignore[no-untyped-def]
+        """Run ``make_coro(services)`` on the server's own loop and wait for it."""
+        assert self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(make_coro(self.app.state.services), self.loop)
+        return future.result(60)
+
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
@@ -140,6 +151,7 @@ class Backend:
     kind: str
     settings: Settings
     url: str
+    server: ServerThread
 
     def run(self, work):  # type: ignore[no-untyped-def]
         """Run ``work(session)`` in one committed transaction on this database."""
@@ -156,7 +168,7 @@ def backend(
     try:
         migrate(settings)
         with ServerThread(settings) as server:
-            yield Backend(request.param, settings, server.url)
+            yield Backend(request.param, settings, server.url, server)
     finally:
         dispose_settings(settings)
 

@@ -4,6 +4,7 @@ API (``app.state``) and by job handlers (``JobContext.services``)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,8 @@ async def start(settings: Settings, *, worker: bool) -> Services:
     )
     if worker:
         jobs = settings.jobs
+        for module in jobs.extra_modules:
+            importlib.import_module(module)
         services.worker = Worker(
             sessions, services, concurrency=jobs.concurrency, lease_s=jobs.lease_s, poll_s=jobs.poll_s,
             backoff_base_s=jobs.backoff_base_s, backoff_cap_s=jobs.backoff_cap_s,

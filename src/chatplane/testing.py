@@ -25,6 +25,8 @@ from typing import Any
 @dataclass
 class Reply:
     text: str = "ok"
+    # Only for a request whose messages contain this text (else: any request).
+    when: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     prompt_tokens: int = 10
     completion_tokens: int = 5
@@ -80,6 +82,12 @@ class ScriptedModel:
         self.default: Step = default or Reply()
         self.script: deque[Step] = deque()
         self.requests: list[dict[str, Any]] = []
+        # Requests for structured output (a response_format: post-chat
+        # analysis) have their own script and log, so background analysis of
+        # one test's chats never takes another test's scripted replies.
+        self.structured_default: Step = Reply("not json")
+        self.structured_script: deque[Step] = deque()
+        self.structured_requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,15 +100,29 @@ class ScriptedModel:
         with self._lock:
             self.script.extend(steps)
 
+    def push_structured(self, *steps: Step) -> None:
+        with self._lock:
+            self.structured_script.extend(steps)
+
     def reset(self) -> None:
         with self._lock:
             self.script.clear()
             self.requests.clear()
+            self.structured_script.clear()
+            self.structured_requests.clear()
 
     def _next(self, body: dict[str, Any]) -> Step:
+        structured = "response_format" in body
         with self._lock:
-            self.requests.append(body)
-            return self.script.popleft() if self.script else self.default
+            (self.structured_requests if structured else self.requests).append(body)
+            script = self.structured_script if structured else self.script
+            text = json.dumps(body.get("messages", []))
+            for step in script:
+                when = getattr(step, "when", None)
+                if when is None or when in text:
+                    script.remove(step)
+                    return step
+            return self.structured_default if structured else self.default
 
     @property
     def base_url(self) -> str:

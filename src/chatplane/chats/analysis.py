@@ -94,7 +94,9 @@ async def analyze(sessions: async_sessionmaker[AsyncSession], *, registry: Regis
     fields = agent_config.get("post_chat_analysis_data") or []
     schema = analysis_schema(fields)
     validator = Draft202012Validator(schema)
-    request = ModelRequest(messages=_prompt(transcript(messages), fields), temperature=0.0, json_schema=schema)
+    request = ModelRequest(
+        messages=_prompt(transcript(messages), fields), temperature=0.0, json_schema=schema, max_tokens=1024
+    )
 
     usage: list[dict[str, Any]] = []
     problem = "no answer"
