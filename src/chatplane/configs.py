@@ -16,7 +16,7 @@ from chatplane.db import utcnow
 from chatplane.ids import new_id
 from chatplane.errors import NotFound
 from chatplane.models import ChatAgent, Llm
-from chatplane.pagination import PageRequest, page_of
+from chatplane.pagination import PageRequest, fetch_page
 
 M = TypeVar("M", Llm, ChatAgent)
 
@@ -86,16 +86,7 @@ async def list_latest(
     query = select(model).where(
         model.workspace_id == workspace_id, model.is_latest, model.deleted_at.is_(None)
     )
-    if page.order == "descending":
-        query = query.order_by(model.id.desc())
-        if page.after:
-            query = query.where(model.id < page.after)
-    else:
-        query = query.order_by(model.id.asc())
-        if page.after:
-            query = query.where(model.id > page.after)
-    rows = list((await session.scalars(query.limit(page.limit + 1))).all())
-    return page_of(rows, [r.id for r in rows], page)
+    return await fetch_page(session, query, model.id, page)
 
 
 async def list_versions(session: AsyncSession, model: type[M], *, workspace_id: int, id: str) -> list[M]:

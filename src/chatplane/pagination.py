@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, Field
@@ -70,6 +70,20 @@ def page_request(
 
 
 PageQuery = Annotated[PageRequest, Depends(page_request)]
+
+
+async def fetch_page(session: Any, query: Any, id_column: Any, page: PageRequest) -> tuple[list[Any], str | None]:
+    """Run ``query`` (a select of rows with a unique, sortable string id) as one page."""
+    if page.order == "descending":
+        query = query.order_by(id_column.desc())
+        if page.after:
+            query = query.where(id_column < page.after)
+    else:
+        query = query.order_by(id_column.asc())
+        if page.after:
+            query = query.where(id_column > page.after)
+    rows = list((await session.scalars(query.limit(page.limit + 1))).all())
+    return page_of(rows, [getattr(r, id_column.key) for r in rows], page)
 
 
 def page_of(items: list[T], ids: list[str], request: PageRequest) -> tuple[list[T], str | None]:

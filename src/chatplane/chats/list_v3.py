@@ -118,7 +118,7 @@ from chatplane.chats.filters import id_at
 from chatplane.chats.schemas import ChatStatus, ChatSummary, ChatType
 from chatplane.errors import FieldError, InvalidInput
 from chatplane.models import Chat
-from chatplane.pagination import PageRequest, SortOrder, decode_cursor, page_of
+from chatplane.pagination import PageRequest, SortOrder, decode_cursor, fetch_page
 from chatplane.schemas import WorkspaceId
 
 router = APIRouter(tags=["Chats"])
@@ -710,16 +710,7 @@ async def list_chats(session: AsyncSession, *, workspace_id: int, request: ListC
     where = [Chat.workspace_id == workspace_id, *conditions(request.filter_criteria, dialect=dialect)]
 
     query = select(Chat).where(*where)
-    if page.order == "descending":
-        query = query.order_by(Chat.id.desc())
-        if page.after:
-            query = query.where(Chat.id < page.after)
-    else:
-        query = query.order_by(Chat.id.asc())
-        if page.after:
-            query = query.where(Chat.id > page.after)
-    rows = list((await session.scalars(query.limit(page.limit + 1))).all())
-    chats, key = page_of(rows, [r.id for r in rows], page)
+    chats, key = await fetch_page(session, query, Chat.id, page)
     total = None
     if request.include_total:
         total = await session.scalar(select(func.count()).select_from(Chat).where(*where))

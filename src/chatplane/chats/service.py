@@ -15,7 +15,7 @@ from chatplane.db import utcnow
 from chatplane.errors import Conflict, NotFound
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, Llm
-from chatplane.pagination import PageRequest, page_of
+from chatplane.pagination import PageRequest, fetch_page
 
 
 def chat_not_found(chat_id: str) -> NotFound:
@@ -173,16 +173,7 @@ async def list_chats(
         query = query.where(Chat.id >= id_after)
     if id_before:
         query = query.where(Chat.id < id_before)
-    if page.order == "descending":
-        query = query.order_by(Chat.id.desc())
-        if page.after:
-            query = query.where(Chat.id < page.after)
-    else:
-        query = query.order_by(Chat.id.asc())
-        if page.after:
-            query = query.where(Chat.id > page.after)
-    rows = list((await session.scalars(query.limit(page.limit + 1))).all())
-    return page_of(rows, [r.id for r in rows], page)
+    return await fetch_page(session, query, Chat.id, page)
 
 
 async def update_chat(

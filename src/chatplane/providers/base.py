@@ -36,6 +36,27 @@ class ModelRequest:
     json_schema: dict[str, Any] | None = None
 
 
+    def options(self, *, json_schema_format: Any) -> dict[str, Any]:
+        """The OpenAI-protocol request options (all but the model and messages).
+
+        ``json_schema_format(schema)`` says how this backend wants structured
+        output asked for (OpenAI: ``json_schema``; llama.cpp: ``json_object``
+        with a ``schema``, which it compiles to a grammar).
+        """
+        options: dict[str, Any] = {"temperature": self.temperature}
+        if self.max_tokens:
+            options["max_tokens"] = self.max_tokens
+        if self.tools:
+            options["tools"] = self.tools
+            if self.tool_choice is not None:
+                options["tool_choice"] = self.tool_choice
+        if self.response_format:
+            options["response_format"] = self.response_format
+        if self.json_schema:
+            options["response_format"] = json_schema_format(self.json_schema)
+        return options
+
+
 @dataclass(slots=True)
 class ModelReply:
     content: str

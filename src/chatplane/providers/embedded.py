@@ -69,19 +69,11 @@ class EmbeddedModel:
                    on_delta: OnDelta | None) -> ModelReply:
         kwargs: dict[str, Any] = {
             "messages": messages,
-            "temperature": request.temperature,
+            "max_tokens": self.settings.max_tokens,
             "repeat_penalty": self.settings.repeat_penalty,
-            "max_tokens": request.max_tokens or self.settings.max_tokens,
+            # llama.cpp compiles the schema to a grammar: the output must parse.
+            **request.options(json_schema_format=lambda schema: {"type": "json_object", "schema": schema}),
         }
-        if request.tools:
-            kwargs["tools"] = request.tools
-            if request.tool_choice is not None:
-                kwargs["tool_choice"] = request.tool_choice
-        if request.response_format:
-            kwargs["response_format"] = request.response_format
-        if request.json_schema:
-            # llama.cpp turns the schema into a grammar: the output must parse.
-            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
         if on_delta is None:
             result = await asyncio.to_thread(llm.create_chat_completion, **kwargs)
             return _reply(result)

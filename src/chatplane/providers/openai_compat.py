@@ -42,20 +42,15 @@ class OpenAICompatible:
         await self.client.close()
 
     async def complete(self, model: str, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelReply:
-        kwargs: dict[str, Any] = {"model": model, "messages": request.messages, "temperature": request.temperature}
-        if request.max_tokens:
-            kwargs["max_tokens"] = request.max_tokens
-        if request.tools:
-            kwargs["tools"] = request.tools
-            if request.tool_choice is not None:
-                kwargs["tool_choice"] = request.tool_choice
-        if request.response_format:
-            kwargs["response_format"] = request.response_format
-        if request.json_schema:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": request.json_schema, "strict": False},
-            }
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": request.messages,
+            **request.options(
+                json_schema_format=lambda schema: {
+                    "type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": False},
+                }
+            ),
+        }
         try:
             if on_delta is None:
                 return self._reply(await self.client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion))
