@@ -73,7 +73,10 @@ class JobSettings(BaseModel):
 
     in_server: bool = Field(default=True, description="`serve` also runs a worker in each process.")
     concurrency: int = Field(default=8, ge=1, description="Jobs one worker runs at once.")
-    lease_s: float = Field(default=60.0, gt=0, description="A claimed job returns to the queue after this.")
+    lease_s: float = Field(
+        default=180.0, gt=0,
+        description="A claimed job returns to the queue after this; longer than any job runs (webhook timeouts go to 120 s).",
+    )
     poll_s: float = Field(default=0.5, gt=0, description="How often an idle worker looks for due jobs.")
     backoff_base_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles each attempt.")
     backoff_cap_s: float = Field(default=1800.0, ge=0, description="Longest delay between attempts.")
@@ -134,6 +137,13 @@ class Settings(BaseSettings):
     embedded: EmbeddedModelSettings = Field(default_factory=EmbeddedModelSettings)
     default_model: str = Field(
         default=EMBEDDED_MODEL, description="Model of an LLM configuration that names none."
+    )
+    tools_allow_private_networks: bool = Field(
+        default=False,
+        description=(
+            "Let custom tools call loopback, private, link-local and reserved addresses "
+            "(off: such calls are refused, so a tool URL cannot reach the server's own network)."
+        ),
     )
 
     @field_validator("database_url")

@@ -2,9 +2,17 @@
 
 The contract when several messages hit one chat: turns run one at a time, in
 arrival order (``TurnLocks``), and a turn is written whole or not at all:
-the user's message and the agent's reply go into the database in one
+the user's message and the agent's replies go into the database in one
 transaction after the model has answered. A turn whose model call fails
 leaves the chat exactly as it was, so the client can simply send again.
+
+When the LLM has tools, a turn may take several model calls: the model asks
+for tools, they run (``tools.py``), their results go back to it, and it is
+called again, at most ``MAX_TOOL_ROUNDS`` times before it must answer in
+words. Each model call becomes one assistant message (the ones that called
+tools carry ``tool_calls``, each with its ``result``), so token usage stays
+recorded per message. What the tools changed (state, collected variables,
+the end of the chat) is written in the same transaction as the messages.
 """
 
 from __future__ import annotations
@@ -12,11 +20,15 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import httpx
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from chatplane import jobs
+from chatplane.chats import lifecycle, tools
 from chatplane.chats.locks import TurnLocks
 from chatplane.chats.prompt import render
 from chatplane.chats.service import (
@@ -28,10 +40,14 @@ from chatplane.chats.service import (
 from chatplane.db import utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
-from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm
-from chatplane.providers import ModelRequest, OnDelta, Registry
+from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm, Workspace
+from chatplane.providers import ModelReply, ModelRequest, OnDelta, Registry
 
 HISTORY_CACHE_CHATS = 2048
+# Model calls that may ask for tools in one turn; the call after the last of
+# them is made with tool_choice "none", so the turn always ends in words.
+MAX_TOOL_ROUNDS = 5
+END_REASON = "end_chat_tool"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +78,18 @@ IDEMPOTENCY = IdempotencyKey.__table__
 # The hot path's statements, built once: SQLAlchemy caches the compiled SQL,
 # but building the expression tree is itself ~1 ms a turn.
 READ_CHAT = (
-    select(CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"))
+    select(
+        CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"),
+        # Signs custom-tool calls; a primary-key join, so no second query.
+        Workspace.webhook_key.label("webhook_key"),
+    )
     .join(ChatAgent, (ChatAgent.id == CHATS.c.agent_id) & (ChatAgent.version == CHATS.c.agent_version))
     .join(Llm, (Llm.id == CHATS.c.llm_id) & (Llm.version == CHATS.c.llm_version))
+    .join(Workspace, Workspace.id == CHATS.c.workspace_id)
     .where(CHATS.c.id == bindparam("chat_id"), CHATS.c.workspace_id == bindparam("workspace_id"))
 )
 READ_HISTORY = (
-    select(MESSAGES.c.role, MESSAGES.c.content)
+    select(MESSAGES.c.role, MESSAGES.c.content, MESSAGES.c.tool_calls)
     .where(MESSAGES.c.chat_id == bindparam("chat_id"), MESSAGES.c.seq >= bindparam("from_seq"))
     .order_by(MESSAGES.c.seq)
 )
@@ -77,15 +98,51 @@ READ_IDEMPOTENT = select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.response).whe
 )
 INSERT_MESSAGES = insert(MESSAGES)
 INSERT_IDEMPOTENT = insert(IDEMPOTENCY)
-UPDATE_AFTER_TURN = (
+_AFTER_TURN = {
+    "message_count": bindparam("b_count"),
+    "last_user_message_at": bindparam("b_user_at", type_=CHATS.c.last_user_message_at.type),
+    "last_agent_message_at": bindparam("b_agent_at", type_=CHATS.c.last_agent_message_at.type),
+}
+UPDATE_AFTER_TURN = update(CHATS).where(CHATS.c.id == bindparam("b_chat_id")).values(**_AFTER_TURN)
+# Only for turns whose tools changed the chat's state or collected variables.
+UPDATE_AFTER_TOOLS = (
     update(CHATS)
     .where(CHATS.c.id == bindparam("b_chat_id"))
     .values(
-        message_count=bindparam("b_count"),
-        last_user_message_at=bindparam("b_user_at", type_=CHATS.c.last_user_message_at.type),
-        last_agent_message_at=bindparam("b_agent_at", type_=CHATS.c.last_agent_message_at.type),
+        **_AFTER_TURN,
+        current_state=bindparam("b_state", type_=CHATS.c.current_state.type),
+        collected_dynamic_variables=bindparam("b_collected", type_=CHATS.c.collected_dynamic_variables.type),
     )
 )
+
+
+@dataclass(slots=True)
+class _History:
+    """The model-facing messages of a chat's first ``rows`` stored messages."""
+
+    rows: int
+    messages: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Reply:
+    reply: ModelReply
+    at: datetime
+    tool_calls: list[dict[str, Any]] | None  # each with its result
+
+
+class _ChatView:
+    """The chat row as the tools left it: the prompt reads state and variables from here."""
+
+    __slots__ = ("_row", "current_state", "collected_dynamic_variables")
+
+    def __init__(self, row: Any, effects: tools.TurnEffects) -> None:
+        self._row = row
+        self.current_state = effects.state
+        self.collected_dynamic_variables = effects.collected
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, name)
 
 
 class Turns:
@@ -95,23 +152,34 @@ class Turns:
     work): a turn is one read and one write transaction around the model call.
     """
 
-    def __init__(self, engine: AsyncEngine, registry: Registry, locks: TurnLocks) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        registry: Registry,
+        locks: TurnLocks,
+        *,
+        http: httpx.AsyncClient | None = None,
+        allow_private_networks: bool = False,
+    ) -> None:
         self.engine = engine
         self.registry = registry
         self.locks = locks
+        self.tools = tools.ToolRunner(http, allow_private_networks=allow_private_networks)
         # chat id -> the model-facing messages of its history. Checked against
         # the chat's message_count on every turn and topped up from the
         # database, so another process's writes are never missed, and a long
         # chat costs one small query per turn instead of a re-read.
-        self._history: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._history: OrderedDict[str, _History] = OrderedDict()
 
-    async def _history_for(self, conn: AsyncConnection, chat: Any) -> list[dict[str, Any]]:
+    async def _history_for(self, conn: AsyncConnection, chat: Any) -> _History:
         cached = self._history.pop(chat.id, None)
-        if cached is None or len(cached) > chat.message_count:
-            cached = []
-        if len(cached) < chat.message_count:
-            rows = await conn.execute(READ_HISTORY, {"chat_id": chat.id, "from_seq": len(cached)})
-            cached.extend({"role": role, "content": content} for role, content in rows)
+        if cached is None or cached.rows > chat.message_count:
+            cached = _History(0, [])
+        if cached.rows < chat.message_count:
+            rows = await conn.execute(READ_HISTORY, {"chat_id": chat.id, "from_seq": cached.rows})
+            for role, content, tool_calls in rows:
+                cached.messages.extend(tools.history_messages(role, content, tool_calls))
+                cached.rows += 1
         self._history[chat.id] = cached
         if len(self._history) > HISTORY_CACHE_CHATS:
             self._history.popitem(last=False)
@@ -156,48 +224,145 @@ class Turns:
                 history = await self._history_for(conn, row)
             started = utcnow()
             versions = Versions(agent=row.agent_config, llm=row.llm_config)
-            system = _system_prompt(row, versions, now=started)
-            llm_config = row.llm_config
-            request = ModelRequest(
-                messages=[
-                    *([{"role": "system", "content": system}] if system else []),
-                    *history,
-                    {"role": "user", "content": content},
-                ],
-                temperature=llm_config.get("model_temperature", 0.0),
-            )
-            model = llm_config["model"]
-            reply = await self.registry.complete(model, request, on_delta)
+            effects = tools.TurnEffects(state=row.current_state, collected=dict(row.collected_dynamic_variables or {}))
+            replies = await self._converse(row, versions, history.messages, content, effects, started, on_delta)
 
-            now = utcnow()
             seq = row.message_count
             user = {
                 "id": new_id("msg"), "chat_id": chat_id, "seq": seq, "role": "user", "content": content,
                 "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0,
                 "completion_tokens": 0, "created_at": started,
             }
-            agent = {
-                "id": new_id("msg"), "chat_id": chat_id, "seq": seq + 1, "role": "assistant",
-                "content": reply.content, "name": None, "tool_calls": None, "model": model,
-                "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                "created_at": now,
-            }
-            body = {"messages": [_message_json(agent)]}
+            model = row.llm_config["model"]
+            agents = [
+                {
+                    "id": new_id("msg"), "chat_id": chat_id, "seq": seq + 1 + i, "role": "assistant",
+                    "content": r.reply.content, "name": None, "tool_calls": r.tool_calls, "model": model,
+                    "prompt_tokens": r.reply.prompt_tokens, "completion_tokens": r.reply.completion_tokens,
+                    "created_at": r.at,
+                }
+                for i, r in enumerate(replies)
+            ]
+            now = agents[-1]["created_at"]
+            body = {"messages": [_message_json(agent) for agent in agents]}
+            after = {"b_chat_id": chat_id, "b_count": seq + 1 + len(agents), "b_user_at": started, "b_agent_at": now}
+            ending: AsyncSession | None = None
             async with self.engine.begin() as conn:
-                await conn.execute(INSERT_MESSAGES, [user, agent])
-                await conn.execute(
-                    UPDATE_AFTER_TURN,
-                    {"b_chat_id": chat_id, "b_count": seq + 2, "b_user_at": started, "b_agent_at": now},
-                )
+                await conn.execute(INSERT_MESSAGES, [user, *agents])
+                if effects.changed:
+                    await conn.execute(
+                        UPDATE_AFTER_TOOLS, {**after, "b_state": effects.state, "b_collected": effects.collected}
+                    )
+                else:
+                    await conn.execute(UPDATE_AFTER_TURN, after)
                 if idempotency_key:
                     await conn.execute(
                         INSERT_IDEMPOTENT,
                         {"chat_id": chat_id, "key": idempotency_key, "request_hash": request_hash,
                          "response": body, "created_at": now},
                     )
-            history.append({"role": "user", "content": content})
-            history.append({"role": "assistant", "content": reply.content})
+                updated = await _transcript_updated(conn, chat_id, row.agent_config)
+                if effects.end_chat:
+                    ending = await self._finish(conn, chat_id, now)
+            if updated is not None:
+                jobs.committed(updated)
+            if ending is not None:
+                jobs.committed(ending)
+                self.forget(chat_id)
+            else:
+                history.messages.append({"role": "user", "content": content})
+                for agent in agents:
+                    history.messages.extend(tools.history_messages("assistant", agent["content"], agent["tool_calls"]))
+                history.rows += 1 + len(agents)
             return TurnAnswer(body=body)
+
+    async def _converse(
+        self,
+        row: Any,
+        versions: Versions,
+        history: list[dict[str, Any]],
+        content: str,
+        effects: tools.TurnEffects,
+        started: datetime,
+        on_delta: OnDelta | None,
+    ) -> list[_Reply]:
+        """Call the model, run the tools it asks for, call it again: every reply, in order."""
+        llm_config = versions.llm
+        model = llm_config["model"]
+        toolbox = tools.toolbox(llm_config, effects.state) if tools.has_tools(llm_config) else None
+        system = _system_prompt(row, versions, now=started)
+        conversation = [*history, {"role": "user", "content": content}]
+        replies: list[_Reply] = []
+        context: tools.ChatContext | None = None
+        while True:
+            rounds = len(replies)
+            last_call = bool(replies) and (rounds >= MAX_TOOL_ROUNDS or effects.end_chat)
+            request = ModelRequest(
+                messages=[*([{"role": "system", "content": system}] if system else []), *conversation],
+                temperature=llm_config.get("model_temperature", 0.0),
+                tools=toolbox.definitions if toolbox else None,
+                tool_choice="none" if toolbox and last_call else None,
+            )
+            reply = await self.registry.complete(model, request, on_delta)
+            if not reply.tool_calls:
+                replies.append(_Reply(reply, utcnow(), None))
+                return replies
+            if last_call:
+                # A provider that ignored tool_choice: keep the calls visible,
+                # unrun, each with a result so the history stays well formed.
+                reason = "not run: the chat is ending" if effects.end_chat else (
+                    f"not run: this turn reached its limit of {MAX_TOOL_ROUNDS} tool rounds"
+                )
+                replies.append(_Reply(reply, utcnow(), [tools.not_run(call, reason) for call in reply.tool_calls]))
+                return replies
+            if context is None or effects.changed:
+                context = tools.ChatContext(
+                    chat_id=row.id, agent_id=row.agent_id, webhook_key=row.webhook_key,
+                    variables=chat_variables(_ChatView(row, effects), versions),
+                )
+            state_before = effects.state
+            calls = []
+            for call in reply.tool_calls:
+                result = await self.tools.run(call, toolbox, effects, context)
+                calls.append({**call, "result": result.as_json()})
+            replies.append(_Reply(reply, utcnow(), calls))
+            conversation.extend(tools.history_messages("assistant", reply.content, calls))
+            if effects.state != state_before:
+                toolbox = tools.toolbox(llm_config, effects.state)
+            if effects.changed:  # the next call sees the new state's prompt and the collected values
+                system = _system_prompt(_ChatView(row, effects), versions, now=started)
+
+    async def _finish(self, conn: AsyncConnection, chat_id: str, now: datetime) -> AsyncSession:
+        """End the chat (the end_chat tool) inside the turn's write transaction.
+
+        ``finish_chat`` speaks ORM; a session bound to the turn's connection
+        joins its transaction without committing it, so the end, its webhook
+        and its analysis job commit or roll back with the turn's messages.
+        """
+        async with AsyncSession(bind=conn, expire_on_commit=False, autoflush=False) as session:
+            chat = await session.get(Chat, chat_id)
+            assert chat is not None  # read under the turn lock a moment ago
+            await lifecycle.finish_chat(session, chat=chat, reason=END_REASON, now=now, registry=self.registry)
+            await session.flush()
+        return session
+
+
+async def _transcript_updated(
+    conn: AsyncConnection, chat_id: str, agent_config: dict[str, Any]
+) -> AsyncSession | None:
+    """Queue the ``transcript_updated`` webhook in the turn's own transaction, if
+    the agent wants it: kept or dropped with the turn, and queued before the
+    ``chat_ended`` of an ``end_chat`` tool. A turn nobody listens to costs nothing."""
+    from chatplane.webhooks.events import wants
+
+    if not wants(agent_config, "transcript_updated"):
+        return None
+    async with AsyncSession(bind=conn, expire_on_commit=False, autoflush=False) as session:
+        chat = await session.get(Chat, chat_id)
+        assert chat is not None  # read under the turn lock a moment ago
+        await lifecycle.emit(session, chat, "transcript_updated", agent_config)
+        await session.flush()
+    return session
 
 
 def _system_prompt(chat: Any, versions: Versions, *, now: Any) -> str:
@@ -209,4 +374,3 @@ def _system_prompt(chat: Any, versions: Versions, *, now: Any) -> str:
                 parts.append(state["state_prompt"])
     template = "\n\n".join(p for p in parts if p)
     return render(template, chat_variables(chat, versions), now=now, timezone=versions.agent["timezone"])
-
