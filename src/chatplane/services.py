@@ -4,6 +4,7 @@ API (``app.state``) and by job handlers (``JobContext.services``)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from chatplane.settings import Settings
 # Modules whose job handlers a worker must know, imported for their registration.
 import chatplane.chats.analysis  # noqa: E402,F401
 import chatplane.chats.lifecycle  # noqa: E402,F401
+import chatplane.webhooks.deliver  # noqa: E402,F401
 
 
 @dataclass
@@ -55,15 +57,24 @@ async def start(settings: Settings, *, worker: bool) -> Services:
     sessions = create_sessionmaker(engine)
     registry = Registry(settings)
     lock_file = settings.sqlite_path.with_suffix(".turnlocks") if settings.is_sqlite else None
+    http = httpx.AsyncClient(follow_redirects=False)
     services = Services(
         settings=settings,
         engine=engine,
         sessions=sessions,
         registry=registry,
-        turns=Turns(engine, registry, TurnLocks(engine, lock_file=lock_file)),
+        turns=Turns(
+            engine, registry, TurnLocks(engine, lock_file=lock_file),
+            http=http, allow_private_networks=settings.tools_allow_private_networks,
+        ),
         principals=PrincipalCache(engine, settings.auth_cache_s),
-        http=httpx.AsyncClient(follow_redirects=False),
+        http=http,
     )
+    # Everything loaded so far (modules, the app) lives as long as the
+    # process: move it out of the collector's sight, so a full collection
+    # during a request walks only what requests made.
+    gc.collect()
+    gc.freeze()
     if worker:
         jobs = settings.jobs
         for module in jobs.extra_modules:
