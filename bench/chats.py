@@ -226,8 +226,18 @@ async def main() -> None:
             chat = await new_chat()
             lat = []
             await completion_loop(Conn(port), chat, args.growth_turns, lat)
+            # The stub's own time grows with the history it is sent: measure it
+            # with a request of that size, so growth counts only ours.
+            history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"}
+                       for i in range(2 * args.growth_turns - 1)]
+            big = {"model": MODEL, "messages": [{"role": "system", "content": "You are Ava."}, *history]}
+            stub_big = []
+            for _ in range(50):
+                t = time.perf_counter()
+                await direct.post("/v1/chat/completions", big)
+                stub_big.append(time.perf_counter() - t)
             first = statistics.median(lat[:20]) - stub_p50
-            last = statistics.median(lat[-20:]) - stub_p50
+            last = statistics.median(lat[-20:]) - statistics.median(stub_big)
             print(f"growth                overhead turns 1-20 {ms(first)}  turns {args.growth_turns - 19}-"
                   f"{args.growth_turns} {ms(last)}  ratio {last / first:4.2f}")
     finally:

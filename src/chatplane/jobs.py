@@ -150,8 +150,27 @@ class Worker:
         """Look for work now (a job was just committed in this process)."""
         self.wakeup.set()
 
+    async def _anything_due(self, now: datetime) -> bool:
+        """A plain read first: an idle worker's poll must not take the write
+        lock (on SQLite, the whole database's) just to find nothing."""
+        async with self.sessions() as session:
+            conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            found = await conn.scalar(
+                select(Job.id)
+                .where(
+                    or_(
+                        and_(Job.status == "pending", Job.run_at <= now),
+                        and_(Job.status == "running", Job.lease_until < now),
+                    )
+                )
+                .limit(1)
+            )
+            return found is not None
+
     async def claim(self, limit: int) -> list[Job]:
         now = self.clock()
+        if not await self._anything_due(now):
+            return []
         earlier = aliased(Job)
         blocked = exists().where(
             earlier.ordering_key == Job.ordering_key,

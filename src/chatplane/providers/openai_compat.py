@@ -33,9 +33,9 @@ class OpenAICompatible:
             api_key=api_key or "not-needed",
             timeout=provider.timeout_s,
             max_retries=provider.max_retries,
-            # aiohttp under the client's own API: the default HTTP pool spent
-            # more CPU than the whole rest of a turn once 16+ chats ran at once.
-            http_client=openai.DefaultAioHttpClient(timeout=provider.timeout_s),
+            # Not DefaultAioHttpClient: its transport maps a dropped
+            # connection to a timeout (ConnectTimeout), so a provider that
+            # resets would be reported as a 504 instead of a 502.
         )
 
     async def aclose(self) -> None:
