@@ -1,7 +1,7 @@
 """Tools in the turn: end_chat, custom (HTTP), extract_dynamic_variable, state transitions.
 
 Custom tools call a real HTTP server on loopback. Loopback is refused by
-default (``tools_allow_private_networks`` off), so the happy paths run
+default (``allow_private_networks`` off), so the happy paths run
 against a second app on the same database with the setting on
 (``tools_api``); the refusals run against the ordinary one (``api``).
 """
@@ -134,7 +134,7 @@ def tool_server(tool_server_session: ToolServer) -> Iterator[ToolServer]:
 @pytest.fixture(scope="module")
 def open_backend(backend: Backend) -> Iterator[Backend]:
     """The same database served by a second app that lets tools reach loopback."""
-    settings = backend.settings.model_copy(update={"tools_allow_private_networks": True})
+    settings = backend.settings.model_copy(update={"allow_private_networks": True})
     with ServerThread(settings) as server:
         yield dataclasses.replace(backend, url=server.url)
 

@@ -185,7 +185,8 @@ class Hooks:
 
 def hooks_settings(kind: str, tmp: Path, model: ScriptedModel, **jobs: Any) -> Settings:
     return fresh_settings(
-        kind, tmp, providers=scripted_providers(model), jobs=FAST_JOBS.model_copy(update=jobs)
+        kind, tmp, providers=scripted_providers(model), jobs=FAST_JOBS.model_copy(update=jobs),
+        allow_private_networks=True,  # the receivers run on loopback
     )
 
 
@@ -598,3 +599,16 @@ def test_a_pending_delivery_survives_a_restart(
         assert {r.event_id for r in sent} == {logged["id"]}
     finally:
         dispose_settings(settings)
+
+
+def test_a_private_address_is_refused_without_a_call(api: Api) -> None:
+    """The shared test server runs with allow_private_networks off (the default)."""
+    from tests.chat_helpers import make_agent as plain_agent, make_chat as plain_chat
+
+    agent = plain_agent(api, webhook_url="http://127.0.0.1:9/hook", webhook_events=["chat_started"])
+    chat = plain_chat(api, agent)
+    [started] = deliveries(api, chatId=chat["chatId"])
+    failed = settled(api, started["id"], "failed")
+    [attempt] = failed["attempts"]
+    assert attempt["status_code"] is None
+    assert attempt["error"].startswith("refused: 127.0.0.1 resolves to 127.0.0.1, a loopback")

@@ -65,7 +65,7 @@ async def start(settings: Settings, *, worker: bool) -> Services:
         registry=registry,
         turns=Turns(
             engine, registry, TurnLocks(engine, lock_file=lock_file),
-            http=http, allow_private_networks=settings.tools_allow_private_networks,
+            http=http, allow_private_networks=settings.allow_private_networks,
         ),
         principals=PrincipalCache(engine, settings.auth_cache_s),
         http=http,

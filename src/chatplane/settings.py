@@ -138,11 +138,11 @@ class Settings(BaseSettings):
     default_model: str = Field(
         default=EMBEDDED_MODEL, description="Model of an LLM configuration that names none."
     )
-    tools_allow_private_networks: bool = Field(
+    allow_private_networks: bool = Field(
         default=False,
         description=(
-            "Let custom tools call loopback, private, link-local and reserved addresses "
-            "(off: such calls are refused, so a tool URL cannot reach the server's own network)."
+            "Let custom tools and webhooks call loopback, private, link-local and reserved addresses "
+            "(off: such calls are refused, so a tenant's URL cannot reach the server's own network)."
         ),
     )
 

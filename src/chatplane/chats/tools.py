@@ -16,17 +16,15 @@ webhooks (``X-Retell-Signature``, the workspace's webhook key), bounded in
 time (``timeout_ms`` per attempt), in retries (``max_retry``, on 5xx,
 connection errors and timeouts) and in size (``MAX_RESPONSE_BYTES``), and they
 may not reach loopback, private, link-local or reserved addresses unless the
-``tools_allow_private_networks`` setting says so.
+``allow_private_networks`` setting says so (``chatplane.outbound``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import math
 import re
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +32,7 @@ import httpx
 from jsonschema import Draft202012Validator
 from referencing.exceptions import Unresolvable
 
-from chatplane import signing
+from chatplane import outbound, signing
 
 TRANSITION_PREFIX = "transition_to_"
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -336,20 +334,9 @@ class ToolRunner:
 
     async def _checked_address(self, host: str, port: int) -> str:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise httpx.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
-        if not addresses:
-            raise httpx.ConnectError(f"cannot resolve {host}")
-        if not self.allow_private_networks:
-            for address in addresses:
-                if not _public(address):
-                    raise ToolRefused(
-                        f"{host} resolves to {address}, a loopback, private, link-local or reserved address"
-                    )
-        # IPv4 first: the one address we connect to should be the one most hosts can reach.
-        return str(min(addresses, key=lambda a: a.version))
+            return await outbound.resolve(host, port, allow_private=self.allow_private_networks)
+        except outbound.PrivateAddress as exc:
+            raise ToolRefused(str(exc)) from None
 
     @staticmethod
     def _answer(tool: dict[str, Any], text: str, effects: TurnEffects) -> ToolResult:
@@ -373,12 +360,6 @@ class ToolRunner:
         if len(text) > MAX_RESULT_CHARS:
             text = text[:MAX_RESULT_CHARS] + " …(truncated)"
         return ToolResult(text, True)
-
-
-def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
 
 
 def _invalid(schema: dict[str, Any], args: dict[str, Any]) -> str | None:

@@ -38,7 +38,7 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatplane import jobs
+from chatplane import jobs, outbound
 from chatplane.db import transaction, utcnow
 from chatplane.errors import NotFound
 from chatplane.models import Chat, ChatAgent, WebhookDelivery, Workspace
@@ -101,13 +101,19 @@ async def deliver(context: jobs.JobContext, payload: dict[str, Any]) -> None:
     timeout_ms = int(payload.get("timeout_ms") or DEFAULT_TIMEOUT_MS)
     at = utcnow()
     started = time.monotonic()
-    status_code, error = await _post(
-        context.services.http, url, body=body, key=key, event=event, event_id=delivery_id, timeout_ms=timeout_ms
-    )
+    refused = await _refused(url, allow_private=context.services.settings.allow_private_networks)
+    if refused:
+        status_code, error = None, refused
+    else:
+        status_code, error = await _post(
+            context.services.http, url, body=body, key=key, event=event, event_id=delivery_id,
+            timeout_ms=timeout_ms,
+        )
     duration_ms = round((time.monotonic() - started) * 1000)
 
     delivered = status_code is not None and 200 <= status_code < 300
-    gone = status_code == 410
+    # 410 Gone, or an address we may not call: retrying cannot help.
+    gone = status_code == 410 or refused is not None
     final = delivered or gone or context.last_attempt
     async with transaction(context.sessions) as session:
         delivery = await session.get(WebhookDelivery, delivery_id, with_for_update=True)
@@ -132,6 +138,25 @@ async def deliver(context: jobs.JobContext, payload: dict[str, Any]) -> None:
         # Retried with backoff; after the job's last attempt the job is parked
         # as failed with this error, beside the delivery marked failed above.
         raise DeliveryFailed(f"webhook {delivery_id} attempt {number}: {error or f'HTTP {status_code}'}")
+
+
+async def _refused(url: str, *, allow_private: bool) -> str | None:
+    """Why this URL may not be called (a private address), or None.
+
+    Checked before each attempt; the connection itself is then made by name,
+    so a host that re-resolves between the check and the call (DNS
+    rebinding) is not caught here: custom tools pin the address, webhooks do
+    not yet.
+    """
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        await outbound.resolve(parsed.host, port, allow_private=allow_private)
+    except outbound.PrivateAddress as exc:
+        return f"refused: {exc}"
+    except (httpx.HTTPError, httpx.InvalidURL):
+        return None  # unresolvable or malformed: the attempt itself reports it
+    return None
 
 
 async def _post(
