@@ -132,6 +132,7 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     parser.add_argument("--growth-turns", type=int, default=500)
+    parser.add_argument("--no-jobs", action="store_true", help="serve without the in-process job worker")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="chatplane-bench-"))
@@ -143,6 +144,8 @@ async def main() -> None:
         CHATPLANE_BOOTSTRAP_API_KEY=KEY,
         CHATPLANE_PROVIDERS=json.dumps([{"name": "stub", "base_url": stub_url, "models": [{"name": MODEL}]}]),
     )
+    if args.no_jobs:
+        env["CHATPLANE_JOBS__IN_SERVER"] = "false"
     db_name = None
     if args.db == "postgresql":
         db_name = f"chatplane_bench_{uuid.uuid4().hex[:8]}"

@@ -70,6 +70,10 @@ async def start(settings: Settings, *, worker: bool) -> Services:
         principals=PrincipalCache(engine, settings.auth_cache_s),
         http=http,
     )
+    if settings.is_sqlite:
+        from chatplane.db import checkpoint_loop
+
+        services._tasks.append(asyncio.create_task(checkpoint_loop(settings)))
     # Everything loaded so far (modules, the app) lives as long as the
     # process: move it out of the collector's sight, so a full collection
     # during a request walks only what requests made.
