@@ -41,6 +41,10 @@ VALID_BODIES = {
         "agent_name": "x",
         "response_engine": {"type": "uponai-llm", "llm_id": "llm_01jzzzzzzzzzzzzzzzzzzzzzzz"},
     },
+    ("POST", "/api/phone-numbers"): {
+        "phone_number": "+15550000000", "twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "x" * 32,
+    },
+    ("POST", "/api/chats/sms"): {"from_number": "+15550000000", "to_number": "+15550000001"},
 }
 
 

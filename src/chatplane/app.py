@@ -16,6 +16,9 @@ from chatplane.limits import BodyLimit
 from chatplane.llms.routes import router as llms_router
 from chatplane.services import start, stop
 from chatplane.settings import Settings
+from chatplane.sms.routes import chats_router as sms_chats_router
+from chatplane.sms.routes import router as phone_numbers_router
+from chatplane.sms.routes import webhook_router as twilio_webhook_router
 from chatplane.webhooks.routes import key_router as webhook_key_router
 from chatplane.webhooks.routes import router as webhooks_router
 from chatplane.workspaces.routes import router as workspaces_router
@@ -56,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     for router in (workspaces_router, webhook_key_router, llms_router, agents_router, chats_router,
-                   list_chats_v3_router, webhooks_router):
+                   list_chats_v3_router, webhooks_router, phone_numbers_router, sms_chats_router,
+                   twilio_webhook_router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -135,6 +135,8 @@ class Chat(Base):
         Index("ix_chats_workspace_id", "workspace_id", "id"),
         Index("ix_chats_workspace_agent_id", "workspace_id", "agent_id", "id"),
         Index("ix_chats_workspace_status_id", "workspace_id", "status", "id"),
+        # An inbound text finds the ongoing chat of its (our number, their number).
+        Index("ix_chats_sms_pair", "agent_number", "user_number"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -166,6 +168,10 @@ class Chat(Base):
     combined_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
     user_sentiment: Mapped[str | None] = mapped_column(String(16), nullable=True)
     chat_successful: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # SMS chats (type sms_chat): the user's number and ours, E.164. Also the
+    # {{user_number}} and {{agent_number}} system variables.
+    user_number: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    agent_number: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class ChatMessage(Base):
@@ -186,6 +192,8 @@ class ChatMessage(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Attachments that came with a user message (MMS): [{url, content_type}].
+    multimedia: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
 
 
 class IdempotencyKey(Base):
@@ -246,3 +254,60 @@ class WebhookDelivery(Base):
     attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PhoneNumber(Base):
+    """A Twilio number that texts as the workspace's agents.
+
+    The E.164 number is the id, unique across workspaces: Twilio posts a
+    number's texts to one webhook, and the number finds its workspace.
+    """
+
+    __tablename__ = "phone_numbers"
+    __table_args__ = (Index("ix_phone_numbers_workspace_id", "workspace_id", "phone_number"),)
+
+    phone_number: Mapped[str] = mapped_column(String(16), primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"))
+    twilio_account_sid: Mapped[str] = mapped_column(String(64))
+    # Fernet ciphertext of the account's auth token (chatplane.sms.credentials).
+    twilio_auth_token: Mapped[str] = mapped_column(Text)
+    # {nickname, inbound_sms_agents, outbound_sms_agents, inbound_sms_webhook_url},
+    # validated by chatplane.sms.schemas on the way in.
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SmsMessage(Base):
+    """One text in or out through Twilio: the SMS log behind the SMS chats.
+
+    Inbound: ``pending`` until a turn takes it (``batched``, with the turn's
+    key in ``batch``), then ``answered``; or ``rejected`` / ``failed``.
+    Outbound: ``queued`` until Twilio accepts it (``sent``) or refuses it
+    (``failed``).
+    """
+
+    __tablename__ = "sms_messages"
+    __table_args__ = (
+        # Twilio retries a webhook with the same MessageSid: seen once, kept once.
+        UniqueConstraint("twilio_sid"),
+        Index("ix_sms_messages_conversation", "agent_number", "user_number", "status"),
+        Index("ix_sms_messages_chat_id", "chat_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sms_<ulid>
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"))
+    direction: Mapped[str] = mapped_column(String(8))  # inbound | outbound
+    twilio_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    agent_number: Mapped[str] = mapped_column(String(16))
+    user_number: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text, default="")
+    media: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    status: Mapped[str] = mapped_column(String(16))
+    batch: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    chat_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Outbound: the chat message it carries (None for the apology text).
+    chat_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

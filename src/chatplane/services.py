@@ -24,6 +24,7 @@ from chatplane.settings import Settings
 import chatplane.chats.analysis  # noqa: E402,F401
 import chatplane.chats.lifecycle  # noqa: E402,F401
 import chatplane.webhooks.deliver  # noqa: E402,F401
+import chatplane.sms.tasks  # noqa: E402,F401
 
 
 @dataclass

@@ -86,6 +86,31 @@ class JobSettings(BaseModel):
     )
 
 
+class SmsSettings(BaseModel):
+    """Text chats through Twilio (``chatplane.sms``)."""
+
+    twilio_api_base_url: str = Field(
+        default="https://api.twilio.com",
+        description="Where Twilio's REST API is reached; tests point it at a local stand-in.",
+    )
+    twilio_timeout_s: float = Field(default=15.0, gt=0, description="Timeout of one call to Twilio's REST API.")
+    burst_window_s: float = Field(
+        default=3.0, ge=0,
+        description="Texts from one sender less than this apart are answered once, as one user turn.",
+    )
+    burst_max_wait_s: float = Field(
+        default=30.0, ge=0, description="A burst that keeps going is answered after at most this long."
+    )
+    inbound_webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of one call to a number's `inbound_sms_webhook_url`."
+    )
+    apology: str = Field(
+        default="Sorry, I couldn't answer that just now. Please send your message again in a moment.",
+        min_length=1, max_length=1600,
+        description="Texted back when the model fails to answer (the chat is left as it was).",
+    )
+
+
 class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
@@ -138,6 +163,25 @@ class Settings(BaseSettings):
     default_model: str = Field(
         default=EMBEDDED_MODEL, description="Model of an LLM configuration that names none."
     )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "The base URL the outside world reaches this server at (e.g. `https://chat.example.com`). "
+            "Twilio signs each webhook with the URL it posted to, so the signature is checked against "
+            "this plus the request's path. Unset: the URL the request arrived at, which is wrong "
+            "behind a proxy that terminates TLS or rewrites the host."
+        ),
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Fernet key (urlsafe base64 of 32 bytes) that encrypts stored third-party credentials "
+            "such as Twilio auth tokens. Unset: a key made on first use and kept in "
+            "`data_dir/encryption.key` (mode 0600); set it, the same everywhere, when several hosts "
+            "share one database. Losing it makes the stored tokens unreadable."
+        ),
+    )
+    sms: SmsSettings = Field(default_factory=SmsSettings)
     allow_private_networks: bool = Field(
         default=False,
         description=(

@@ -142,14 +142,17 @@ async def auto_close(context: jobs.JobContext, payload: dict[str, Any]) -> None:
             config = await agent_config_of(session, chat)
             message = (config.get("auto_close_message") or "").strip()
             if message:
-                session.add(
-                    ChatMessage(
-                        id=new_id("msg"), chat_id=chat.id, seq=chat.message_count, role="assistant",
-                        content=message, prompt_tokens=0, completion_tokens=0, created_at=utcnow(),
-                    )
+                closing = ChatMessage(
+                    id=new_id("msg"), chat_id=chat.id, seq=chat.message_count, role="assistant",
+                    content=message, prompt_tokens=0, completion_tokens=0, created_at=utcnow(),
                 )
+                session.add(closing)
                 chat.message_count += 1
                 chat.last_agent_message_at = utcnow()
                 await session.flush()
+                if chat.type == "sms_chat":  # the user of an SMS chat reads it as a text
+                    from chatplane.sms.service import queue_agent_messages
+
+                    await queue_agent_messages(session, chat=chat, messages=[closing])
             await finish_chat(session, chat=chat, reason="inactivity", registry=services.registry)
         services.turns.forget(chat_id)

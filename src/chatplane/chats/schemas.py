@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from chatplane.schemas import StrictModel, Variables, WorkspaceId
 
@@ -57,6 +57,18 @@ class Message(BaseModel):
     )
     messageId: str
     createdAt: datetime
+    multimedia: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Attachments a user sent by MMS, `[{url, content_type}]`: recorded, not read by the agent. "
+        "Only on messages that came with attachments.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_multimedia(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        if isinstance(data, dict) and data.get("multimedia") is None:
+            data.pop("multimedia", None)
+        return data
 
 
 class ChatCompletionResponse(BaseModel):

@@ -14,7 +14,7 @@ from chatplane.chats.prompt import merge_variables, render, transcript
 from chatplane.db import utcnow
 from chatplane.errors import Conflict, NotFound
 from chatplane.ids import new_id
-from chatplane.models import Chat, ChatAgent, ChatMessage, Llm
+from chatplane.models import Chat, ChatAgent, ChatMessage, Llm, SmsMessage
 from chatplane.pagination import PageRequest, fetch_page
 
 
@@ -35,7 +35,13 @@ class Versions:
 
 
 def system_variables(chat: Any) -> dict[str, str]:
-    return {"chat_id": chat.id}
+    variables = {"chat_id": chat.id}
+    # SMS chats: the user's number and ours (a chat of another type has none,
+    # and {{user_number}} stays as written there).
+    for name in ("user_number", "agent_number"):
+        if value := getattr(chat, name, None):
+            variables[name] = value
+    return variables
 
 
 def chat_variables(chat: Any, versions: Versions) -> dict[str, str]:
@@ -77,6 +83,8 @@ async def create_chat(
     metadata: dict[str, str] | None = None,
     dynamic_variables: dict[str, str] | None = None,
     chat_type: str = "api_chat",
+    user_number: str | None = None,
+    agent_number: str | None = None,
 ) -> tuple[Chat, list[ChatMessage]]:
     """Start a chat on the agent's latest (or given) version; the begin message,
     if the LLM has one, becomes its first assistant message."""
@@ -101,6 +109,8 @@ async def create_chat(
         current_state=llm.config.get("starting_state"),
         message_count=0,
         started_at=now,
+        user_number=user_number,
+        agent_number=agent_number,
     )
     session.add(chat)
     messages: list[ChatMessage] = []
@@ -206,6 +216,8 @@ async def delete_chat(session: AsyncSession, *, workspace_id: int, chat_id: str)
     # Children first: SQLite only cascades with foreign_keys=ON, and that is
     # a per-connection setting a hand-made connection may lack.
     await session.execute(delete(ChatMessage).where(ChatMessage.chat_id == chat.id))
+    # An SMS chat's texts go with it (and texts still queued for it are not sent).
+    await session.execute(delete(SmsMessage).where(SmsMessage.chat_id == chat.id))
     await session.delete(chat)
     await session.flush()
 
@@ -219,6 +231,8 @@ def message_out(message: ChatMessage) -> dict[str, Any]:
         "messageId": message.id,
         "createdAt": message.created_at,
     }
+    if message.multimedia:
+        out["multimedia"] = message.multimedia
     return out
 
 
