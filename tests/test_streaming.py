@@ -6,11 +6,10 @@ import json
 import time
 from typing import Any
 
-import httpx
 
 from chatplane.testing import Reply, Truncate
 from tests.chat_helpers import make_chat, say
-from tests.conftest import Api, ScriptedModel, assert_error
+from tests.conftest import Api, ScriptedModel
 from tests.seed_schemas import assert_matches_seed
 
 SSE = {"Accept": "text/event-stream"}

@@ -7,14 +7,15 @@ the job, the CLI command) commits once, or rolls back on any error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, event, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -140,6 +141,29 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
             await session.rollback()
             raise
         jobs.committed(session)
+
+
+async def get_scoped(
+    session: AsyncSession,
+    key: Any,
+    value: Any,
+    *,
+    workspace_id: int,
+    missing: Callable[[], Exception],
+    for_update: bool = False,
+) -> Any:
+    """The row of ``key``'s table whose ``key`` is ``value`` in this workspace.
+
+    Another workspace's row raises ``missing()`` exactly like no row at all.
+    """
+    model = key.class_
+    query = select(model).where(key == value, model.workspace_id == workspace_id)
+    if for_update:
+        query = query.with_for_update()
+    row = await session.scalar(query)
+    if row is None:
+        raise missing()
+    return row
 
 
 def alembic_config(settings: Settings) -> Config:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import configs
 from chatplane.chats.prompt import merge_variables, render, transcript
-from chatplane.db import utcnow
+from chatplane.db import get_scoped, utcnow
 from chatplane.errors import Conflict, NotFound
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, Llm, SmsMessage
@@ -140,13 +140,10 @@ async def create_chat(
 
 
 async def get_chat(session: AsyncSession, *, workspace_id: int, chat_id: str, for_update: bool = False) -> Chat:
-    query = select(Chat).where(Chat.id == chat_id, Chat.workspace_id == workspace_id)
-    if for_update:
-        query = query.with_for_update()
-    chat = await session.scalar(query)
-    if chat is None:
-        raise chat_not_found(chat_id)
-    return chat
+    return await get_scoped(
+        session, Chat.id, chat_id, workspace_id=workspace_id, missing=lambda: chat_not_found(chat_id),
+        for_update=for_update,
+    )
 
 
 async def get_messages(session: AsyncSession, *, chat_id: str, after_seq: int = -1) -> list[ChatMessage]:

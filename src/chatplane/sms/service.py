@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import configs, jobs
 from chatplane.chats.service import create_chat
-from chatplane.db import utcnow
+from chatplane.db import get_scoped, utcnow
 from chatplane.errors import Conflict, InvalidInput, NotFound
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, PhoneNumber, SmsMessage
@@ -89,15 +89,10 @@ async def create_phone_number(
 async def get_phone_number(
     session: AsyncSession, *, workspace_id: int, phone_number: str, for_update: bool = False
 ) -> PhoneNumber:
-    query = select(PhoneNumber).where(
-        PhoneNumber.phone_number == phone_number, PhoneNumber.workspace_id == workspace_id
+    return await get_scoped(
+        session, PhoneNumber.phone_number, phone_number, workspace_id=workspace_id,
+        missing=lambda: phone_number_not_found(phone_number), for_update=for_update,
     )
-    if for_update:
-        query = query.with_for_update()
-    row = await session.scalar(query)
-    if row is None:
-        raise phone_number_not_found(phone_number)
-    return row
 
 
 async def list_phone_numbers(

@@ -39,10 +39,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs, outbound
-from chatplane.db import transaction, utcnow
+from chatplane.db import get_scoped, transaction, utcnow
 from chatplane.errors import NotFound
 from chatplane.models import Chat, ChatAgent, WebhookDelivery, Workspace
-from chatplane.pagination import PageRequest, page_of
+from chatplane.pagination import PageRequest, fetch_page
 from chatplane.signing import HEADER as SIGNATURE_HEADER
 from chatplane.signing import sign
 from chatplane.webhooks.events import DELIVER_JOB, MAX_ATTEMPTS
@@ -212,30 +212,16 @@ async def list_deliveries(
         query = query.where(WebhookDelivery.status == status)
     if event:
         query = query.where(WebhookDelivery.event == event)
-    if page.order == "descending":
-        query = query.order_by(WebhookDelivery.id.desc())
-        if page.after:
-            query = query.where(WebhookDelivery.id < page.after)
-    else:
-        query = query.order_by(WebhookDelivery.id.asc())
-        if page.after:
-            query = query.where(WebhookDelivery.id > page.after)
-    rows = list((await session.scalars(query.limit(page.limit + 1))).all())
-    return page_of(rows, [r.id for r in rows], page)
+    return await fetch_page(session, query, WebhookDelivery.id, page)
 
 
 async def get_delivery(
     session: AsyncSession, *, workspace_id: int, delivery_id: str, for_update: bool = False
 ) -> WebhookDelivery:
-    query = select(WebhookDelivery).where(
-        WebhookDelivery.id == delivery_id, WebhookDelivery.workspace_id == workspace_id
+    return await get_scoped(
+        session, WebhookDelivery.id, delivery_id, workspace_id=workspace_id,
+        missing=lambda: delivery_not_found(delivery_id), for_update=for_update,
     )
-    if for_update:
-        query = query.with_for_update()
-    delivery = await session.scalar(query)
-    if delivery is None:
-        raise delivery_not_found(delivery_id)
-    return delivery
 
 
 async def redeliver(session: AsyncSession, *, workspace_id: int, delivery_id: str) -> WebhookDelivery:
