@@ -55,18 +55,23 @@ def ended_chat(api: Api, model: ScriptedModel, **agent_fields: Any) -> tuple[str
 
 
 def test_cost_is_computed_from_recorded_usage_when_the_chat_ends(api: Api, model: ScriptedModel) -> None:
-    chat = make_chat(api)
+    token = uuid.uuid4().hex
+    chat = make_chat(api, make_agent(api, post_chat_analysis_data=FIELDS))
     model.push(Reply("a", prompt_tokens=1000, completion_tokens=100), Reply("b", prompt_tokens=3000, completion_tokens=400))
-    say(api, chat["chatId"], "one")
+    model.push_structured(Reply(analysis_json(), when=token, prompt_tokens=200, completion_tokens=50))
+    say(api, chat["chatId"], f"one {token}")
     say(api, chat["chatId"], "two")
     api.post(f"/api/chats/{chat['chatId']}/end")
-    cost = api.get(f"/api/chats/{chat['chatId']}").json()["chatCost"]
+    # The end computes the cost of the replies; the analysis then adds its own tokens.
+    done = wait_for(api, chat["chatId"], lambda c: c["chatAnalysis"] and c["chatAnalysis"].get("analysisStatus"))
+    cost = done["chatCost"]
     lines = {p["product"]: p for p in cost["productCosts"]}
     # scripted-model is priced at $1 / $2 per million input / output tokens (tests/conftest.py).
-    assert lines["scripted-model input tokens"]["quantity"] == 4000
+    assert lines["scripted-model input tokens"]["quantity"] == 4000 + 200
     assert lines["scripted-model input tokens"]["unitPrice"] == 1e-6
-    assert lines["scripted-model output tokens"]["quantity"] == 500
-    assert abs(cost["combinedCost"] - (4000 * 1e-6 + 500 * 2e-6)) < 1e-12
+    assert lines["scripted-model output tokens"]["quantity"] == 500 + 50
+    assert abs(cost["combinedCost"] - (4200 * 1e-6 + 550 * 2e-6)) < 1e-12
+    assert done["chatAnalysis"]["analysisStatus"] == "succeeded"
 
 
 def test_analysis_runs_when_a_chat_ends(api: Api, model: ScriptedModel) -> None:

@@ -120,6 +120,13 @@ def build(api: Api) -> World:
     end(api, world.id("c1"))
     time.sleep(0.003)
     end(api, world.id("c3"))
+    # Ending a chat queues its analysis, which writes cost, sentiment and
+    # success: let it finish before those columns are set by hand below.
+    for name in ("c1", "c3"):
+        deadline = time.monotonic() + 30
+        while not api.get(f"/api/chats/{world.id(name)}").json()["chatAnalysis"]:
+            assert time.monotonic() < deadline, f"analysis of {name} did not finish"
+            time.sleep(0.05)
     set_attributes(api, world.id("c0"), {"tier": "gold", "score": "12", "flag": "true", "name": "Alice Smith"})
     set_attributes(api, world.id("c1"), {"tier": "silver", "score": "7.5", "name": "alice"})
     set_attributes(api, world.id("c2"), {"tier": "Gold", "score": "abc", "flag": "false"})

@@ -7,6 +7,7 @@ the job, the CLI command) commits once, or rolls back on any error.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -107,8 +108,6 @@ async def checkpoint_loop(settings: Settings, *, every_s: float = 2.0) -> None:
     On its own connection in a thread: a PASSIVE checkpoint never blocks
     writers, and its fsyncs then cost no request any latency.
     """
-    import sqlite3
-
     def checkpoint() -> None:
         connection = sqlite3.connect(settings.sqlite_path, timeout=30)
         try:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from chatplane.auth import PrincipalCache
 from chatplane.chats.locks import TurnLocks
 from chatplane.chats.turns import Turns
-from chatplane.db import create_engine, create_sessionmaker
+from chatplane.db import checkpoint_loop, create_engine, create_sessionmaker
 from chatplane.jobs import Worker
 from chatplane.providers import Registry
 from chatplane.settings import Settings
@@ -72,8 +72,6 @@ async def start(settings: Settings, *, worker: bool) -> Services:
         http=http,
     )
     if settings.is_sqlite:
-        from chatplane.db import checkpoint_loop
-
         services._tasks.append(asyncio.create_task(checkpoint_loop(settings)))
     # Everything loaded so far (modules, the app) lives as long as the
     # process: move it out of the collector's sight, so a full collection

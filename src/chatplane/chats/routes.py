@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
 from chatplane import jobs
 from chatplane.chats import analysis, lifecycle, service
+from chatplane.chats.filters import id_bound
 from chatplane.chats.schemas import (
     Chat,
     ChatCompletionRequest,
@@ -73,8 +74,6 @@ async def list_chats(
         str | None, Query(alias="startedBefore", description="ISO 8601; chats started before it.")
     ] = None,
 ) -> dict:
-    from chatplane.chats.filters import id_bound
-
     rows, key = await service.list_chats(
         session,
         workspace_id=workspace_id,

@@ -42,6 +42,7 @@ from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm, Workspace
 from chatplane.providers import ModelReply, ModelRequest, OnDelta, Registry
+from chatplane.webhooks.events import wants
 
 HISTORY_CACHE_CHATS = 2048
 # Model calls that may ask for tools in one turn; the call after the last of
@@ -353,8 +354,6 @@ async def _transcript_updated(
     """Queue the ``transcript_updated`` webhook in the turn's own transaction, if
     the agent wants it: kept or dropped with the turn, and queued before the
     ``chat_ended`` of an ``end_chat`` tool. A turn nobody listens to costs nothing."""
-    from chatplane.webhooks.events import wants
-
     if not wants(agent_config, "transcript_updated"):
         return None
     async with AsyncSession(bind=conn, expire_on_commit=False, autoflush=False) as session:
