@@ -14,6 +14,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,13 +163,19 @@ class Backend:
 def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, scripted_model: ScriptedModel
 ) -> Iterator[Backend]:
-    settings = fresh_settings(
-        request.param, tmp_path_factory.mktemp(request.param), providers=scripted_providers(scripted_model)
-    )
+    with served(request.param, tmp_path_factory.mktemp(request.param), providers=scripted_providers(scripted_model)) as b:
+        yield b
+
+
+@contextmanager
+def served(kind: str, tmp: Path, **overrides: Any) -> Iterator[Backend]:
+    """A fresh, migrated database of ``kind`` served by the real app; settings
+    overrides for test files that need their own (fast retries, Twilio, …)."""
+    settings = fresh_settings(kind, tmp, **overrides)
     try:
         migrate(settings)
         with ServerThread(settings) as server:
-            yield Backend(request.param, settings, server.url, server)
+            yield Backend(kind, settings, server.url, server)
     finally:
         dispose_settings(settings)
 
@@ -214,17 +221,25 @@ def make_api(backend: Backend, name: str = "test") -> Api:
 
 @pytest.fixture
 def api(backend: Backend) -> Iterator[Api]:
-    client = make_api(backend, "mine")
-    yield client
-    client.close()
+    with tenant(backend, "mine") as client:
+        yield client
 
 
 @pytest.fixture
 def other(backend: Backend) -> Iterator[Api]:
     """A second tenant: its key and ids must never reach ``api``'s data."""
-    client = make_api(backend, "theirs")
-    yield client
-    client.close()
+    with tenant(backend, "theirs") as client:
+        yield client
+
+
+@contextmanager
+def tenant(backend: Backend, name: str) -> Iterator[Api]:
+    """A new workspace with its own key on ``backend``, as an HTTP client."""
+    client = make_api(backend, name)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:

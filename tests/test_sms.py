@@ -30,10 +30,9 @@ from twilio.request_validator import RequestValidator
 
 from chatplane import signing
 from chatplane.chats import lifecycle
-from chatplane.cli import run_in_transaction
-from chatplane.db import migrate, utcnow
+from chatplane.db import utcnow
 from chatplane.models import PhoneNumber, SmsMessage
-from chatplane.settings import JobSettings, Settings, SmsSettings
+from chatplane.settings import JobSettings, SmsSettings
 from chatplane.sms.inbound import ask_inbound_webhook
 from chatplane.sms.service import pick_agent
 from chatplane.sms.twilio import split_text
@@ -43,11 +42,9 @@ from tests.conftest import (
     SCRIPTED_NO_RETRY,
     Api,
     Backend,
-    ServerThread,
+    served,
+    tenant,
     assert_error,
-    dispose_settings,
-    fresh_settings,
-    make_api,
     scripted_providers,
 )
 from tests.twilio_fake import FakeTwilio, Failure
@@ -67,50 +64,30 @@ def twilio() -> Iterator[FakeTwilio]:
         yield fake
 
 
-@dataclass
-class SmsBackend:
-    """Our own chatplane server on one database (duck-types conftest's Backend)."""
-
-    kind: str
-    settings: Settings
-    url: str
-    server: ServerThread
-
-    def run(self, work):  # type: ignore[no-untyped-def]
-        return run_in_transaction(self.settings, work)
-
-
 @pytest.fixture(scope="module")
 def sms(backend: Backend, tmp_path_factory: pytest.TempPathFactory, twilio: FakeTwilio,
-        scripted_model: ScriptedModel) -> Iterator[SmsBackend]:
-    settings = fresh_settings(
+        scripted_model: ScriptedModel) -> Iterator[Backend]:
+    with served(
         backend.kind, tmp_path_factory.mktemp(f"sms-{backend.kind}"),
         providers=scripted_providers(scripted_model),
         jobs=JobSettings(poll_s=0.05, backoff_base_s=0.05, backoff_cap_s=0.2),
         public_url=PUBLIC_URL,
         allow_private_networks=True,  # the inbound webhook receivers are on loopback
         sms=SmsSettings(twilio_api_base_url=twilio.url, burst_window_s=BURST_S, inbound_webhook_timeout_s=2),
-    )
-    try:
-        migrate(settings)
-        with ServerThread(settings) as server:
-            yield SmsBackend(backend.kind, settings, server.url, server)
-    finally:
-        dispose_settings(settings)
+    ) as served_backend:
+        yield served_backend
 
 
 @pytest.fixture
-def mine(sms: SmsBackend) -> Iterator[Api]:
-    client = make_api(sms, "mine")  # type: ignore[arg-type]
-    yield client
-    client.close()
+def mine(sms: Backend) -> Iterator[Api]:
+    with tenant(sms, "mine") as client:
+        yield client
 
 
 @pytest.fixture
-def theirs(sms: SmsBackend) -> Iterator[Api]:
-    client = make_api(sms, "theirs")  # type: ignore[arg-type]
-    yield client
-    client.close()
+def theirs(sms: Backend) -> Iterator[Api]:
+    with tenant(sms, "theirs") as client:
+        yield client
 
 
 def eventually(check: Callable[[], T], *, timeout_s: float = 20.0, what: str = "condition") -> T:
@@ -170,7 +147,7 @@ def twilio_signature(token: str, params: dict[str, str], url: str = PUBLIC_URL +
     return RequestValidator(token).compute_signature(url, params)
 
 
-def text_in(sms: SmsBackend, number: Number, params: dict[str, str], *,
+def text_in(sms: Backend, number: Number, params: dict[str, str], *,
             signature: str | None = "sign", token: str | None = None) -> httpx.Response:
     """POST Twilio's webhook, signed as Twilio would (or with the given signature, or none)."""
     if signature == "sign":
@@ -179,7 +156,7 @@ def text_in(sms: SmsBackend, number: Number, params: dict[str, str], *,
     return httpx.post(sms.url + HOOK, data=params, headers=headers, timeout=10)
 
 
-def say_by_sms(sms: SmsBackend, number: Number, user: str, body: str, **kw: Any) -> dict[str, str]:
+def say_by_sms(sms: Backend, number: Number, user: str, body: str, **kw: Any) -> dict[str, str]:
     params = incoming(number, user, body, **kw)
     response = text_in(sms, number, params)
     assert response.status_code == 200, response.text
@@ -205,7 +182,7 @@ def the_chat(api: Api, chat_id: str) -> dict[str, Any]:
     return response.json()
 
 
-def sms_log(sms: SmsBackend, **where: Any) -> list[SmsMessage]:
+def sms_log(sms: Backend, **where: Any) -> list[SmsMessage]:
     async def work(session):  # type: ignore[no-untyped-def]
         query = select(SmsMessage).order_by(SmsMessage.created_at, SmsMessage.id)
         for name, value in where.items():
@@ -263,7 +240,7 @@ def test_phone_number_crud_never_returns_the_credentials(mine: Api) -> None:
     assert_error(mine.delete(f"/api/phone-numbers/{number.number}"), 404, "phone_number_not_found")
 
 
-def test_phone_number_errors(mine: Api, theirs: Api, sms: SmsBackend) -> None:
+def test_phone_number_errors(mine: Api, theirs: Api, sms: Backend) -> None:
     agent = sms_agent(mine)
     number = make_number(mine, [agent])
     path = f"/api/phone-numbers/{number.number}"
@@ -324,7 +301,7 @@ def test_phone_number_errors(mine: Api, theirs: Api, sms: SmsBackend) -> None:
                  "phone_number_taken")
 
 
-def test_the_auth_token_is_stored_encrypted(mine: Api, sms: SmsBackend) -> None:
+def test_the_auth_token_is_stored_encrypted(mine: Api, sms: Backend) -> None:
     number = make_number(mine)
 
     async def stored(session):  # type: ignore[no-untyped-def]
@@ -356,7 +333,7 @@ def test_long_replies_are_split_between_words() -> None:
 
 
 def test_a_text_starts_a_chat_and_the_reply_goes_back_through_twilio(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     agent = sms_agent(mine, general_prompt="You text {{user_number}} from {{agent_number}}.")
     number = make_number(mine, [agent])
@@ -392,7 +369,7 @@ def test_a_text_starts_a_chat_and_the_reply_goes_back_through_twilio(
 
 
 def test_bad_missing_and_misdirected_signatures_are_403_and_nothing_is_kept(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio
+    mine: Api, sms: Backend, twilio: FakeTwilio
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
     user = a_number()
@@ -414,7 +391,7 @@ def test_bad_missing_and_misdirected_signatures_are_403_and_nothing_is_kept(
 
 
 def test_a_replayed_message_sid_makes_no_second_turn(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
     user, token = a_number(), uuid.uuid4().hex
@@ -432,7 +409,7 @@ def test_a_replayed_message_sid_makes_no_second_turn(
 
 
 def test_a_burst_of_three_texts_is_answered_once_as_one_turn(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
     user, token = a_number(), uuid.uuid4().hex
@@ -449,7 +426,7 @@ def test_a_burst_of_three_texts_is_answered_once_as_one_turn(
 
 
 def test_mms_media_is_recorded_and_the_agent_is_told_it_cannot_read_it(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
     user, token = a_number(), uuid.uuid4().hex
@@ -469,7 +446,7 @@ def test_mms_media_is_recorded_and_the_agent_is_told_it_cannot_read_it(
 
 
 def test_a_model_failure_texts_an_apology_and_leaves_the_chat_as_it_was(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     agent = sms_agent(mine, model=SCRIPTED_NO_RETRY, begin_message="Hi, this is Acme.")
     number = make_number(mine, [agent])
@@ -495,7 +472,7 @@ def test_a_model_failure_texts_an_apology_and_leaves_the_chat_as_it_was(
 
 
 def test_a_nul_in_a_text_is_dropped_not_a_500(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
     user, token = a_number(), uuid.uuid4().hex
@@ -507,7 +484,7 @@ def test_a_nul_in_a_text_is_dropped_not_a_500(
 
 
 def test_an_ended_chat_is_not_continued_a_new_one_starts(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
     user = a_number()
@@ -522,7 +499,7 @@ def test_an_ended_chat_is_not_continued_a_new_one_starts(
 
 
 def test_a_text_to_a_number_without_agents_is_rejected_quietly(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio
+    mine: Api, sms: Backend, twilio: FakeTwilio
 ) -> None:
     number = make_number(mine)
     user = a_number()
@@ -579,7 +556,7 @@ def webhook_key(api: Api) -> str:
 
 
 def test_the_inbound_webhook_picks_the_agent_and_adds_variables(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel, hook: InboundHook
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel, hook: InboundHook
 ) -> None:
     default = sms_agent(mine)
     chosen = sms_agent(mine, begin_message="Hi {{name}}, this is {{agent_number}}.")
@@ -600,7 +577,7 @@ def test_the_inbound_webhook_picks_the_agent_and_adds_variables(
 
 
 def test_the_inbound_webhook_may_reject_a_text(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, hook: InboundHook
+    mine: Api, sms: Backend, twilio: FakeTwilio, hook: InboundHook
 ) -> None:
     # As Retell: with no inbound agent on the number, a text the webhook names no agent for is rejected.
     number = make_number(mine, inbound_sms_webhook_url=hook.url)
@@ -612,7 +589,7 @@ def test_the_inbound_webhook_may_reject_a_text(
 
 
 def test_a_failing_inbound_webhook_falls_back_to_the_numbers_agents(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, hook: InboundHook
+    mine: Api, sms: Backend, twilio: FakeTwilio, hook: InboundHook
 ) -> None:
     agent = sms_agent(mine)
     number = make_number(mine, [agent], inbound_sms_webhook_url=hook.url)
@@ -644,7 +621,7 @@ def test_the_inbound_webhook_may_not_reach_private_addresses_unless_allowed(hook
 
 
 def test_an_outbound_sms_chat_texts_the_begin_message_and_takes_the_reply(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     agent = sms_agent(mine, begin_message="Hi {{name}}! Your order shipped. Reply here to {{agent_number}}.")
     number = make_number(mine, outbound_sms_agents=[{"agent_id": agent["agent_id"], "weight": 1}])
@@ -669,7 +646,7 @@ def test_an_outbound_sms_chat_texts_the_begin_message_and_takes_the_reply(
     assert len(sms_chats(mine)) == 1
 
 
-def test_outbound_sms_chat_errors(mine: Api, theirs: Api, sms: SmsBackend) -> None:
+def test_outbound_sms_chat_errors(mine: Api, theirs: Api, sms: Backend) -> None:
     with_begin = sms_agent(mine, begin_message="Hello!")
     silent = sms_agent(mine)
     number = make_number(mine)
@@ -700,7 +677,7 @@ def test_outbound_sms_chat_errors(mine: Api, theirs: Api, sms: SmsBackend) -> No
 
 
 def test_an_idle_sms_chat_is_closed_by_text_then_analysed_and_costed(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio, model: ScriptedModel
+    mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     agent = make_agent(mine, make_llm(mine), end_chat_after_silence_ms=120_000,
                        auto_close_message="Closing this chat. Text us any time!")
@@ -725,7 +702,7 @@ def test_an_idle_sms_chat_is_closed_by_text_then_analysed_and_costed(
 
 
 def test_twilio_failures_are_retried_and_refusals_are_not(
-    mine: Api, sms: SmsBackend, twilio: FakeTwilio
+    mine: Api, sms: Backend, twilio: FakeTwilio
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
     flaky, refused = a_number(), a_number()
@@ -742,7 +719,7 @@ def test_twilio_failures_are_retried_and_refusals_are_not(
     assert "21211" in failed.error and twilio.sent_to(refused) == []
 
 
-def test_deleting_an_sms_chat_deletes_its_texts(mine: Api, sms: SmsBackend, twilio: FakeTwilio) -> None:
+def test_deleting_an_sms_chat_deletes_its_texts(mine: Api, sms: Backend, twilio: FakeTwilio) -> None:
     number = make_number(mine, [sms_agent(mine)])
     user = a_number()
     say_by_sms(sms, number, user, "please forget me")

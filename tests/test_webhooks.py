@@ -24,7 +24,6 @@ import pytest
 from retell import Retell
 from sqlalchemy import select, update
 
-from chatplane.cli import run_in_transaction
 from chatplane.db import migrate
 from chatplane.models import Job, Workspace
 from chatplane.settings import JobSettings, Settings
@@ -34,6 +33,8 @@ from tests.conftest import (
     Api,
     Backend,
     ServerThread,
+    served,
+    tenant,
     assert_error,
     dispose_settings,
     fresh_settings,
@@ -171,23 +172,16 @@ def eventually(check: Callable[[], T], *, timeout_s: float = 20.0, what: str = "
 # --- a server of our own, with fast retries -----------------------------------
 
 
-@dataclass
-class Hooks:
-    """Our own chatplane server on one database (duck-types conftest's Backend for ``make_api``)."""
-
-    kind: str
-    settings: Settings
-    url: str
-
-    def run(self, work):  # type: ignore[no-untyped-def]
-        return run_in_transaction(self.settings, work)
+def hooks_overrides(model: ScriptedModel, **jobs: Any) -> dict[str, Any]:
+    return {
+        "providers": scripted_providers(model),
+        "jobs": FAST_JOBS.model_copy(update=jobs),
+        "allow_private_networks": True,  # the receivers run on loopback
+    }
 
 
 def hooks_settings(kind: str, tmp: Path, model: ScriptedModel, **jobs: Any) -> Settings:
-    return fresh_settings(
-        kind, tmp, providers=scripted_providers(model), jobs=FAST_JOBS.model_copy(update=jobs),
-        allow_private_networks=True,  # the receivers run on loopback
-    )
+    return fresh_settings(kind, tmp, **hooks_overrides(model, **jobs))
 
 
 @pytest.fixture(scope="module")
@@ -200,28 +194,21 @@ def hooks_model() -> Iterator[ScriptedModel]:
 
 
 @pytest.fixture(scope="module")
-def hooks(backend: Backend, tmp_path_factory: pytest.TempPathFactory, hooks_model: ScriptedModel) -> Iterator[Hooks]:
-    settings = hooks_settings(backend.kind, tmp_path_factory.mktemp(f"hooks-{backend.kind}"), hooks_model)
-    try:
-        migrate(settings)
-        with ServerThread(settings) as server:
-            yield Hooks(backend.kind, settings, server.url)
-    finally:
-        dispose_settings(settings)
+def hooks(backend: Backend, tmp_path_factory: pytest.TempPathFactory, hooks_model: ScriptedModel) -> Iterator[Backend]:
+    with served(backend.kind, tmp_path_factory.mktemp(f"hooks-{backend.kind}"), **hooks_overrides(hooks_model)) as b:
+        yield b
 
 
 @pytest.fixture
-def mine(hooks: Hooks) -> Iterator[Api]:
-    client = make_api(hooks, "mine")  # type: ignore[arg-type]
-    yield client
-    client.close()
+def mine(hooks: Backend) -> Iterator[Api]:
+    with tenant(hooks, "mine") as client:
+        yield client
 
 
 @pytest.fixture
-def theirs(hooks: Hooks) -> Iterator[Api]:
-    client = make_api(hooks, "theirs")  # type: ignore[arg-type]
-    yield client
-    client.close()
+def theirs(hooks: Backend) -> Iterator[Api]:
+    with tenant(hooks, "theirs") as client:
+        yield client
 
 
 def hooked_agent(api: Api, receiver: Receiver, events: list[str], **fields: Any) -> dict[str, Any]:
@@ -402,7 +389,7 @@ def test_redirects_are_not_followed(mine: Api, receiver: Receiver) -> None:
 
 
 def test_a_receiver_that_never_succeeds_fails_the_delivery_and_the_chat_moves_on(
-    mine: Api, receiver: Receiver, hooks: Hooks
+    mine: Api, receiver: Receiver, hooks: Backend
 ) -> None:
     receiver.default = Answer(500)
     chat = make_chat(mine, hooked_agent(mine, receiver, ["chat_started", "chat_ended"]))
@@ -504,7 +491,7 @@ def test_redeliver_sends_the_same_event_again(mine: Api, receiver: Receiver) -> 
     assert first.body == again.body
 
 
-def test_webhook_key_is_made_on_first_read_and_signs_deliveries(mine: Api, receiver: Receiver, hooks: Hooks) -> None:
+def test_webhook_key_is_made_on_first_read_and_signs_deliveries(mine: Api, receiver: Receiver, hooks: Backend) -> None:
     async def forget_key(session):  # type: ignore[no-untyped-def]
         await session.execute(update(Workspace).where(Workspace.id == mine.ws).values(webhook_key=None))
 
@@ -578,18 +565,16 @@ def test_a_pending_delivery_survives_a_restart(
     settings = hooks_settings(backend.kind, tmp_path, hooks_model, backoff_base_s=1.0, backoff_cap_s=2.0)
     try:
         migrate(settings)
-        hooks = Hooks(backend.kind, settings, "")
         with ServerThread(settings) as first:
-            hooks.url = first.url
-            api = make_api(hooks, "restart")  # type: ignore[arg-type]
+            hooks = Backend(backend.kind, settings, first.url, first)
+            api = make_api(hooks, "restart")
             chat = make_chat(api, hooked_agent(api, receiver, ["chat_started"]))
             [logged] = deliveries(api, chatId=chat["chatId"])
             eventually(lambda: delivery(api, logged["id"])["attempts"], what="a first attempt")
             api.close()
         receiver.default = Answer(200)
         with ServerThread(settings) as second:
-            hooks.url = second.url
-            api = Api(hooks, api.ws, api.key)  # type: ignore[arg-type]
+            api = Api(Backend(backend.kind, settings, second.url, second), api.ws, api.key)
             done = settled(api, logged["id"])
             api.close()
         assert [a["status_code"] for a in done["attempts"]][-1] == 200
