@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,32 +10,7 @@ import pytest
 
 from chatplane.testing import Echo, ScriptedModel
 from tests.conftest import BACKENDS, SCRIPTED, dispose_settings, fresh_settings
-
-KEY = "concurrency-test-key-0123456789"
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = _port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chatplane.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/healthz")
-            return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not start")
+from tests.processes import KEY, ServerProcess, server_env
 
 
 @pytest.fixture
@@ -51,23 +20,20 @@ def echo_model() -> ScriptedModel:
     model.stop()
 
 
+@pytest.mark.parametrize("count", [50, pytest.param(200, marks=pytest.mark.reliability)])
 @pytest.mark.parametrize("kind", BACKENDS)
-def test_50_completions_at_once_through_two_processes_stay_ordered(
-    kind: str, tmp_path: Path, echo_model: ScriptedModel
+def test_completions_at_once_through_two_processes_stay_ordered(
+    kind: str, count: int, tmp_path: Path, echo_model: ScriptedModel
 ) -> None:
+    """``count`` completions fired at once at one chat, half through each of
+    two server processes: none lost, none interleaved, no 5xx."""
     settings = fresh_settings(kind, tmp_path)
     providers = [{"name": "echo", "base_url": echo_model.base_url, "models": [{"name": SCRIPTED}]}]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATPLANE_")}
-    env.update(
-        CHATPLANE_DATA_DIR=str(tmp_path),
-        CHATPLANE_BOOTSTRAP_API_KEY=KEY,
-        CHATPLANE_PROVIDERS=json.dumps(providers),
-    )
-    if not settings.is_sqlite:
-        env["CHATPLANE_DATABASE_URL"] = settings.resolved_database_url
-    first, url_a = _serve(env)  # migrates and bootstraps first, alone
-    second, url_b = _serve(env)
+    env = server_env(settings, providers)
+    servers = [ServerProcess(env)]  # migrates and bootstraps first, alone
     try:
+        servers.append(ServerProcess(env))
+        url_a, url_b = (server.url for server in servers)
         headers = {"Authorization": f"Bearer {KEY}"}
         with httpx.Client(headers=headers) as client:
             llm = client.post(url_a + "/api/llms", json={"workspaceId": 1, "display_name": "e", "model": SCRIPTED}).json()
@@ -78,34 +44,33 @@ def test_50_completions_at_once_through_two_processes_stay_ordered(
 
         async def fire() -> list[httpx.Response]:
             async with httpx.AsyncClient(headers=headers, timeout=120,
-                                         limits=httpx.Limits(max_connections=100)) as client:
+                                         limits=httpx.Limits(max_connections=count)) as client:
                 return await asyncio.gather(*(
                     client.post(f"{(url_a, url_b)[i % 2]}/api/chats/{chat['chatId']}/completions",
                                 json={"workspaceId": 1, "content": f"message {i}"})
-                    for i in range(50)
+                    for i in range(count)
                 ))
 
         responses = asyncio.run(fire())
-        assert [r.status_code for r in responses] == [201] * 50, [r.text for r in responses if r.status_code != 201]
+        assert [r.status_code for r in responses] == [201] * count, [r.text for r in responses if r.status_code != 201]
         for i, response in enumerate(responses):
             assert response.json()["messages"][0]["content"] == f"echo: message {i}"
 
         with httpx.Client(headers=headers) as client:
             messages = client.get(f"{url_b}/api/chats/{chat['chatId']}", params={"workspaceId": 1}).json()["messages"]
-        assert len(messages) == 100
+        assert len(messages) == 2 * count
         users = messages[0::2]
         replies = messages[1::2]
         assert all(m["role"] == "user" for m in users) and all(m["role"] == "assistant" for m in replies)
         # Each user message is followed by its own reply: nothing interleaved.
         for user, reply in zip(users, replies):
             assert reply["content"] == f"echo: {user['content']}"
-        assert sorted(m["content"] for m in users) == sorted(f"message {i}" for i in range(50))
+        assert sorted(m["content"] for m in users) == sorted(f"message {i}" for i in range(count))
         # Each reply saw exactly the history before it: one model call per turn,
         # with 2k+1 messages (k earlier pairs, then the new user message).
         sizes = sorted(len(r["messages"]) for r in echo_model.requests)
-        assert sizes == [2 * k + 1 for k in range(50)]
+        assert sizes == [2 * k + 1 for k in range(count)]
     finally:
-        for proc in (first, second):
-            proc.terminate()
-            proc.wait(20)
+        for server in servers:
+            server.stop()
         dispose_settings(settings)

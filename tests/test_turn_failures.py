@@ -24,11 +24,14 @@ def _fast_chat(api: Api) -> str:
     [
         (Fail(400, "context too long"), 502, "provider_error", "400: context too long"),
         (Fail(401, "bad key"), 502, "provider_error", "401: bad key"),
+        (Fail(500, "internal"), 502, "provider_error", "500: internal"),
         (Fail(503, "overloaded"), 502, "provider_error", "503: overloaded"),
+        (Fail(429, "rate limited", {"retry-after": "1"}), 502, "provider_error", "429: rate limited"),
         (Hang(), 504, "provider_timeout", "did not answer"),
         (Reset(), 502, "provider_error", "scripted-fast"),
         (Junk(b"<html>oops</html>"), 502, "provider_error", "scripted-fast"),
         (Junk(b'{"choices": []}'), 502, "provider_error", "without choices"),
+        (Junk(b'{"choices": [{"message": {"role": "assi'), 502, "provider_error", "scripted-fast"),
     ],
 )
 def test_failure_is_a_clear_error_and_leaves_the_chat_as_it_was(
@@ -64,13 +67,18 @@ def test_429_honours_retry_after(api: Api, model: ScriptedModel) -> None:
     assert len(model.requests) == 2
 
 
-def test_retries_are_bounded(api: Api, model: ScriptedModel) -> None:
+@pytest.mark.parametrize("status", [500, 429])
+def test_retries_are_bounded(api: Api, model: ScriptedModel, status: int) -> None:
     chat_id = make_chat(api)["chatId"]
-    model.push(*[Fail(500, "down", {"retry-after-ms": "10"})] * 5)
+    model.push(*[Fail(status, "down", {"retry-after-ms": "10"})] * 5)
     error = assert_error(say(api, chat_id, "hi"), 502, "provider_error")
-    assert "500: down" in error["message"]
+    assert f"{status}: down" in error["message"]
     assert len(model.requests) == 3  # one try + max_retries=2
     assert _messages(api, chat_id) == []
+    model.reset()
+    model.push(Reply("recovered"))
+    assert say(api, chat_id, "hi").status_code == 201
+    assert _messages(api, chat_id) == [("user", "hi"), ("assistant", "recovered")]
 
 
 def test_a_model_the_settings_no_longer_offer_is_a_clear_502(api: Api, model: ScriptedModel) -> None:
