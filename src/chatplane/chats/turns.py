@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chatplane import jobs
@@ -37,7 +38,7 @@ from chatplane.chats.service import (
     chat_not_found,
     chat_variables,
 )
-from chatplane.db import utcnow
+from chatplane.db import run_unit, utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm, Workspace
@@ -126,6 +127,61 @@ class _History:
 
 
 @dataclass(slots=True)
+class _Read:
+    """What a turn reads before calling the model."""
+
+    chat: Any  # the READ_CHAT row, or None
+    earlier: Any = None  # the answer stored under this Idempotency-Key
+    history_from: int = 0  # the stored messages in history_rows start at this seq
+    history_rows: list[Any] | None = None  # None: the cache is up to date
+
+
+def _read_turn(
+    conn: Connection, chat_id: str, workspace_id: int, idempotency_key: str | None, cached_rows: int
+) -> _Read:
+    chat = conn.execute(READ_CHAT, {"chat_id": chat_id, "workspace_id": workspace_id}).one_or_none()
+    if chat is None:
+        return _Read(None)
+    if idempotency_key:
+        earlier = conn.execute(READ_IDEMPOTENT, {"chat_id": chat_id, "key": idempotency_key}).one_or_none()
+        if earlier is not None:
+            return _Read(chat, earlier)
+    if chat.status != "ongoing" or cached_rows == chat.message_count:
+        return _Read(chat)
+    # Another process wrote to this chat since (or the cache is cold): top up.
+    start = cached_rows if cached_rows < chat.message_count else 0
+    rows = conn.execute(READ_HISTORY, {"chat_id": chat_id, "from_seq": start}).all()
+    return _Read(chat, history_from=start, history_rows=rows)
+
+
+def _top_up(cached: _History | None, read: _Read) -> _History:
+    """The chat's history: the cached one, with what ``read`` found added."""
+    if read.history_rows is None:
+        return cached or _History(0, [])
+    history = cached if cached is not None and read.history_from == cached.rows else _History(0, [])
+    for role, content, tool_calls in read.history_rows:
+        history.messages.extend(tools.history_messages(role, content, tool_calls))
+        history.rows += 1
+    return history
+
+
+def _write_turn(
+    conn: Connection,
+    messages: list[dict[str, Any]],
+    after: dict[str, Any],
+    tool_changes: dict[str, Any] | None,
+    idempotent: dict[str, Any] | None,
+) -> None:
+    conn.execute(INSERT_MESSAGES, messages)
+    if tool_changes is not None:
+        conn.execute(UPDATE_AFTER_TOOLS, {**after, **tool_changes})
+    else:
+        conn.execute(UPDATE_AFTER_TURN, after)
+    if idempotent is not None:
+        conn.execute(INSERT_IDEMPOTENT, idempotent)
+
+
+@dataclass(slots=True)
 class _Reply:
     reply: ModelReply
     at: datetime
@@ -172,19 +228,11 @@ class Turns:
         # chat costs one small query per turn instead of a re-read.
         self._history: OrderedDict[str, _History] = OrderedDict()
 
-    async def _history_for(self, conn: AsyncConnection, chat: Any) -> _History:
-        cached = self._history.pop(chat.id, None)
-        if cached is None or cached.rows > chat.message_count:
-            cached = _History(0, [])
-        if cached.rows < chat.message_count:
-            rows = await conn.execute(READ_HISTORY, {"chat_id": chat.id, "from_seq": cached.rows})
-            for role, content, tool_calls in rows:
-                cached.messages.extend(tools.history_messages(role, content, tool_calls))
-                cached.rows += 1
-        self._history[chat.id] = cached
+    def _remember(self, chat_id: str, history: _History) -> None:
+        self._history.pop(chat_id, None)
+        self._history[chat_id] = history
         if len(self._history) > HISTORY_CACHE_CHATS:
             self._history.popitem(last=False)
-        return cached
 
     def forget(self, chat_id: str) -> None:
         self._history.pop(chat_id, None)
@@ -202,27 +250,27 @@ class Turns:
         async with self.locks.hold(chat_id):
             # Reads under the turn lock need no transaction: nothing else can
             # change this chat's history until we let go.
-            async with self.engine.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                row = (
-                    await conn.execute(READ_CHAT, {"chat_id": chat_id, "workspace_id": workspace_id})
-                ).one_or_none()
-                if row is None:
-                    raise chat_not_found(chat_id)
-                if idempotency_key:
-                    earlier = (
-                        await conn.execute(READ_IDEMPOTENT, {"chat_id": chat_id, "key": idempotency_key})
-                    ).one_or_none()
-                    if earlier is not None:
-                        if earlier.request_hash != request_hash:
-                            raise Conflict(
-                                "this Idempotency-Key was used for a different message on this chat",
-                                code="idempotency_key_reused",
-                            )
-                        return TurnAnswer(body=earlier.response, replayed=True)
-                if row.status != "ongoing":
-                    raise chat_ended(row)
-                history = await self._history_for(conn, row)
+            cached = self._history.get(chat_id)
+            cached_rows = cached.rows if cached else 0
+            read = await run_unit(
+                self.engine,
+                lambda conn: _read_turn(conn, chat_id, workspace_id, idempotency_key, cached_rows),
+                write=False,
+            )
+            row = read.chat
+            if row is None:
+                raise chat_not_found(chat_id)
+            if read.earlier is not None:
+                if read.earlier.request_hash != request_hash:
+                    raise Conflict(
+                        "this Idempotency-Key was used for a different message on this chat",
+                        code="idempotency_key_reused",
+                    )
+                return TurnAnswer(body=read.earlier.response, replayed=True)
+            if row.status != "ongoing":
+                raise chat_ended(row)
+            history = _top_up(cached, read)
+            self._remember(chat_id, history)
             started = utcnow()
             versions = Versions(agent=row.agent_config, llm=row.llm_config)
             effects = tools.TurnEffects(state=row.current_state, collected=dict(row.collected_dynamic_variables or {}))
@@ -247,24 +295,27 @@ class Turns:
             now = agents[-1]["created_at"]
             body = {"messages": [_message_json(agent) for agent in agents]}
             after = {"b_chat_id": chat_id, "b_count": seq + 1 + len(agents), "b_user_at": started, "b_agent_at": now}
-            ending: AsyncSession | None = None
-            async with self.engine.begin() as conn:
-                await conn.execute(INSERT_MESSAGES, [user, *agents])
-                if effects.changed:
-                    await conn.execute(
-                        UPDATE_AFTER_TOOLS, {**after, "b_state": effects.state, "b_collected": effects.collected}
-                    )
-                else:
-                    await conn.execute(UPDATE_AFTER_TURN, after)
-                if idempotency_key:
-                    await conn.execute(
-                        INSERT_IDEMPOTENT,
-                        {"chat_id": chat_id, "key": idempotency_key, "request_hash": request_hash,
-                         "response": body, "created_at": now},
-                    )
-                updated = await _transcript_updated(conn, chat_id, row.agent_config)
-                if effects.end_chat:
-                    ending = await self._finish(conn, chat_id, now)
+            tool_changes = {"b_state": effects.state, "b_collected": effects.collected} if effects.changed else None
+            idempotent = (
+                {"chat_id": chat_id, "key": idempotency_key, "request_hash": request_hash,
+                 "response": body, "created_at": now}
+                if idempotency_key else None
+            )
+
+            def write(conn: Connection) -> None:
+                _write_turn(conn, [user, *agents], after, tool_changes, idempotent)
+
+            updated = ending = None
+            if effects.end_chat or wants(row.agent_config, "transcript_updated"):
+                # Webhooks and the end of the chat go through the ORM, in the
+                # same transaction as the messages.
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(write)
+                    updated = await _transcript_updated(conn, chat_id, row.agent_config)
+                    if effects.end_chat:
+                        ending = await self._finish(conn, chat_id, now)
+            else:
+                await run_unit(self.engine, write, write=True)
             if updated is not None:
                 jobs.committed(updated)
             if ending is not None:

@@ -1,0 +1,102 @@
+"""``db.run_unit``: the hot path's way to the database (one hop on SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from chatplane.db import create_engine, migrate, run_unit
+from chatplane.models import Workspace
+from tests.conftest import BACKENDS, dispose_settings, fresh_settings
+
+WORKSPACES = Workspace.__table__
+AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture(params=BACKENDS)
+def engine_settings(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = fresh_settings(request.param, tmp_path)
+    migrate(settings)
+    yield settings
+    dispose_settings(settings)
+
+
+def _count(conn) -> int:  # type: ignore[no-untyped-def]
+    return conn.scalar(select(func.count()).select_from(WORKSPACES).where(WORKSPACES.c.name.like("unit-%")))
+
+
+def test_a_write_commits_whole_or_not_at_all_and_types_round_trip(engine_settings) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        engine = create_engine(engine_settings)
+        try:
+            def write(conn) -> int:  # type: ignore[no-untyped-def]
+                conn.execute(insert(WORKSPACES), [{"name": "unit-a", "created_at": AT}, {"name": "unit-b", "created_at": AT}])
+                return _count(conn)
+
+            assert await run_unit(engine, write, write=True) == 2
+
+            def half_then_fail(conn) -> None:  # type: ignore[no-untyped-def]
+                conn.execute(insert(WORKSPACES), {"name": "unit-c", "created_at": AT})
+                raise RuntimeError("the second half failed")
+
+            with pytest.raises(RuntimeError, match="second half"):
+                await run_unit(engine, half_then_fail, write=True)
+            assert await run_unit(engine, _count, write=False) == 2  # unit-c rolled back
+            # The UTC column comes back aware and equal, as through the async engine.
+            stored = await run_unit(
+                engine, lambda conn: conn.scalar(select(WORKSPACES.c.created_at).where(WORKSPACES.c.name == "unit-a")),
+                write=False,
+            )
+            assert stored == AT and stored.tzinfo is not None
+            # The async engine sees the same rows (same database, same connection on SQLite).
+            async with engine.connect() as conn:
+                assert await conn.run_sync(_count) == 2
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_read_takes_no_write_lock(engine_settings) -> None:  # type: ignore[no-untyped-def]
+    """A read unit goes ahead while another connection holds the write lock
+    (SQLite: a read that began IMMEDIATE would wait out busy_timeout)."""
+    async def scenario() -> None:
+        writer, reader = create_engine(engine_settings), create_engine(engine_settings)
+        try:
+            async with writer.begin() as conn:
+                await conn.execute(insert(WORKSPACES), {"name": "unit-held", "created_at": AT})
+                count = await asyncio.wait_for(run_unit(reader, _count, write=False), timeout=5)
+                assert count == 0  # not yet committed
+            assert await run_unit(reader, _count, write=False) == 1
+        finally:
+            await writer.dispose()
+            await reader.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_units_one_after_another_share_the_one_sqlite_connection(tmp_path: Path) -> None:
+    """Many concurrent units on one SQLite engine (one connection) queue for
+    it: none interleaves with another's transaction."""
+    settings = fresh_settings("sqlite", tmp_path)
+    migrate(settings)
+
+    async def scenario() -> int:
+        engine = create_engine(settings)
+        try:
+            def write(i: int):  # type: ignore[no-untyped-def]
+                def unit(conn) -> None:  # type: ignore[no-untyped-def]
+                    conn.execute(insert(WORKSPACES), {"name": f"unit-{i}", "created_at": AT})
+                    assert conn.scalar(text("SELECT count(*) FROM workspaces WHERE name = :n"), {"n": f"unit-{i}"}) == 1
+                return unit
+
+            await asyncio.gather(*(run_unit(engine, write(i), write=True) for i in range(50)))
+            return await run_unit(engine, _count, write=False)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == 50
