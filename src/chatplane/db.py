@@ -17,9 +17,15 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, create_engine as create_sync_engine, event, select
+from sqlalchemy import DateTime, event, select
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeDecorator
 

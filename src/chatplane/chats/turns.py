@@ -41,7 +41,14 @@ from chatplane.chats.service import (
 from chatplane.db import run_unit, utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
-from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm, Workspace
+from chatplane.models import (
+    Chat,
+    ChatAgent,
+    ChatMessage,
+    IdempotencyKey,
+    Llm,
+    Workspace,
+)
 from chatplane.providers import ModelReply, ModelRequest, OnDelta, Registry
 from chatplane.webhooks.events import wants
 
