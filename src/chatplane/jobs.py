@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from chatplane.db import transaction, utcnow
+from chatplane.db import run_unit, transaction, utcnow
 from chatplane.models import Job
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,19 @@ def backoff_s(attempt: int, *, base_s: float, cap_s: float) -> float:
     return ceiling / 2 + random.random() * ceiling / 2
 
 
+# Built once: the idle poll runs twice a second in every process.
+ANYTHING_DUE = (
+    select(Job.id)
+    .where(
+        or_(
+            and_(Job.status == "pending", Job.run_at <= bindparam("now", type_=Job.run_at.type)),
+            and_(Job.status == "running", Job.lease_until < bindparam("now", type_=Job.run_at.type)),
+        )
+    )
+    .limit(1)
+)
+
+
 class Worker:
     """Claims due jobs and runs them; one per process, run as an asyncio task."""
 
@@ -152,20 +165,11 @@ class Worker:
 
     async def _anything_due(self, now: datetime) -> bool:
         """A plain read first: an idle worker's poll must not take the write
-        lock (on SQLite, the whole database's) just to find nothing."""
-        async with self.sessions() as session:
-            conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            found = await conn.scalar(
-                select(Job.id)
-                .where(
-                    or_(
-                        and_(Job.status == "pending", Job.run_at <= now),
-                        and_(Job.status == "running", Job.lease_until < now),
-                    )
-                )
-                .limit(1)
-            )
-            return found is not None
+        lock (on SQLite, the whole database's) just to find nothing, nor hold
+        the process's one SQLite connection longer than one hop."""
+        engine = self.sessions.kw["bind"]
+        found = await run_unit(engine, lambda conn: conn.scalar(ANYTHING_DUE, {"now": now}), write=False)
+        return found is not None
 
     async def claim(self, limit: int) -> list[Job]:
         now = self.clock()
