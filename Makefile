@@ -1,6 +1,12 @@
 # The two commands the README starts with. Each sets up what it needs itself.
 PYTHON ?= python3
 VENV   ?= .venv
+# llama-cpp-python compiles llama.cpp for the CPU it is built on. Built
+# "native" on a CPU with AMX, it runs AMX tile instructions that virtual
+# machines often do not enable (a segfault in ggml_backend_amx_mul_mat on the
+# first token); this portable AVX2 build runs on any x86-64 of the last decade.
+# Set CMAKE_ARGS yourself to build differently. pip caches the wheel it builds.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: serve test
 
