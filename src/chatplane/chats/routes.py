@@ -89,9 +89,10 @@ async def list_chats(
 
 @router.get("/{chat_id}", response_model=Chat, summary="Get chat",
             description="Retrieve details for a specific chat session.")
-async def get_chat(chat_id: str, session: Session, workspace_id: QueryWorkspace) -> dict:
+async def get_chat(chat_id: str, session: Session, workspace_id: QueryWorkspace) -> Response:
     chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id)
-    return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
+    messages = await service.get_messages(session, chat_id=chat.id)
+    return Response(service.chat_json(chat, messages), media_type="application/json")
 
 
 @router.patch("/{chat_id}", response_model=Chat, summary="Update chat",
