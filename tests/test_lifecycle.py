@@ -193,9 +193,22 @@ def test_a_user_who_spoke_is_not_idle(api: Api, model: ScriptedModel) -> None:
     assert chat["chatId"] in api.backend.server.call(lambda services: _idle_ids(services, after_s=130))
 
 
-async def _idle_ids(services, *, after_s: float) -> list[str]:
+async def _idle_ids(services, *, after_s: float, page: int = 500) -> list[str]:
     async with services.sessions() as session:
-        return await lifecycle.find_idle_chats(session, now=utcnow() + timedelta(seconds=after_s), limit=100_000)
+        return await lifecycle.find_idle_chats(
+            session, now=utcnow() + timedelta(seconds=after_s), limit=100_000, page=page
+        )
+
+
+def test_patient_agents_chats_do_not_hide_an_idle_one(api: Api, model: ScriptedModel) -> None:
+    """More not-yet-idle candidates than one page holds come first (older
+    ids); the quick agent's idle chat after them is still found."""
+    patient = make_agent(api, end_chat_after_silence_ms=3_600_000)
+    waiting = [make_chat(api, patient)["chatId"] for _ in range(3)]
+    quick = make_chat(api, make_agent(api, end_chat_after_silence_ms=120_000))["chatId"]
+    found = api.backend.server.call(lambda services: _idle_ids(services, after_s=130, page=2))
+    assert quick in found
+    assert not set(waiting) & set(found)
 
 
 def test_embedded_model_analyses_a_chat_end_to_end(api: Api, model: ScriptedModel) -> None:

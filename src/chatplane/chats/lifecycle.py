@@ -76,32 +76,42 @@ async def finish_chat(
 # --- auto-close --------------------------------------------------------------
 
 
-async def find_idle_chats(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[str]:
-    """Ongoing chats whose user has been silent at least the agent's
-    ``end_chat_after_silence_ms`` since the agent last spoke (or since the
-    chat started, if the agent has not)."""
+async def find_idle_chats(
+    session: AsyncSession, *, now: datetime, limit: int = 500, page: int = 500
+) -> list[str]:
+    """Up to ``limit`` ongoing chats whose user has been silent at least the
+    agent's ``end_chat_after_silence_ms`` since the agent last spoke (or since
+    the chat started, if the agent has not).
+
+    The SQL filter knows only the smallest silence any agent may have; each
+    agent's own is checked here. So the candidates are read page by page
+    until enough are idle: a first page full of patient agents' chats must
+    not hide a quick agent's idle chat behind it.
+    """
     last_agent = func.coalesce(Chat.last_agent_message_at, Chat.started_at)
-    rows = (
-        await session.execute(
-            select(Chat.id, last_agent, ChatAgent.config)
-            .join(ChatAgent, and_(ChatAgent.id == Chat.agent_id, ChatAgent.version == Chat.agent_version))
-            .where(
-                Chat.status == "ongoing",
-                # The SQL filter uses the smallest silence any agent may have;
-                # each agent's own is checked below.
-                last_agent <= now - timedelta(milliseconds=MIN_SILENCE_MS),
-                or_(Chat.last_user_message_at.is_(None), Chat.last_user_message_at <= last_agent),
-            )
-            .order_by(Chat.id)
-            .limit(limit)
+    candidates = (
+        select(Chat.id, last_agent, ChatAgent.config)
+        .join(ChatAgent, and_(ChatAgent.id == Chat.agent_id, ChatAgent.version == Chat.agent_version))
+        .where(
+            Chat.status == "ongoing",
+            last_agent <= now - timedelta(milliseconds=MIN_SILENCE_MS),
+            or_(Chat.last_user_message_at.is_(None), Chat.last_user_message_at <= last_agent),
         )
-    ).all()
-    idle = []
-    for chat_id, since, config in rows:
-        since = since if since.tzinfo else since.replace(tzinfo=now.tzinfo)
-        if since + timedelta(milliseconds=config.get("end_chat_after_silence_ms", 3_600_000)) <= now:
-            idle.append(chat_id)
-    return idle
+        .order_by(Chat.id)
+        .limit(page)
+    )
+    idle: list[str] = []
+    after = ""  # chat ids are ULIDs, all greater than ""
+    while len(idle) < limit:
+        rows = (await session.execute(candidates.where(Chat.id > after))).all()
+        for chat_id, since, config in rows:
+            since = since if since.tzinfo else since.replace(tzinfo=now.tzinfo)
+            if since + timedelta(milliseconds=config.get("end_chat_after_silence_ms", 3_600_000)) <= now:
+                idle.append(chat_id)
+        if len(rows) < page:
+            break
+        after = rows[-1][0]
+    return idle[:limit]
 
 
 async def queue_idle_chats(services: Any, *, now: datetime | None = None) -> int:
