@@ -626,6 +626,16 @@ def test_response_engine_with_an_unknown_llm_version_names_the_version(api: Api)
     assert list_ids(api) == []
 
 
+def test_llm_version_beyond_a_32_bit_integer_is_422(api: Api) -> None:
+    # Like agent_version on chats (found by schemathesis): not a 500 from PostgreSQL's driver.
+    llm = make_llm(api)
+    response = api.post(AGENTS, {"agent_name": "x", "response_engine": engine(llm["llm_id"], 2**31)})
+    assert_error(response, 422, "validation_error", "response_engine.version")
+    existing = make_agent(api, llm["llm_id"])
+    response = api.patch(url(existing["agent_id"]), {"response_engine": engine(llm["llm_id"], 2**31)})
+    assert_error(response, 422, "validation_error", "response_engine.version")
+
+
 def test_conversation_flow_engine_is_refused_on_create_and_patch(api: Api) -> None:
     existing = make_agent(api)
     flow = {"type": "conversation-flow", "conversation_flow_id": "conversation_flow_1"}
@@ -757,6 +767,14 @@ def test_patch_with_an_invalid_value_changes_nothing(api: Api) -> None:
     assert_error(response, 422, "validation_error", "post_chat_analysis_model")
     assert versions(api, agent["agent_id"]) == [published]
     assert get_agent(api, agent["agent_id"]) == published
+
+
+def test_patch_with_null_for_a_checked_field_is_422(api: Api) -> None:
+    # Found by schemathesis: the time-zone check ran on the null itself and
+    # failed inside zoneinfo, a 500. A null is "not a time zone" like any other.
+    agent = make_agent(api)
+    assert_error(api.patch(url(agent["agent_id"]), {"timezone": None}), 422, "validation_error", "timezone")
+    assert get_agent(api, agent["agent_id"]) == agent
 
 
 def test_publish_body_is_checked(api: Api) -> None:

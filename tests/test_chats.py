@@ -112,6 +112,13 @@ def test_agent_version_can_be_chosen(api: Api) -> None:
     assert_error(response, 404, "chat_agent_not_found")
 
 
+def test_agent_version_beyond_a_32_bit_integer_is_422(api: Api) -> None:
+    # Found by schemathesis: PostgreSQL's driver refused the number, a 500.
+    agent = make_agent(api)
+    response = api.post("/api/chats", {"agent_id": agent["agent_id"], "agent_version": 2**31})
+    assert_error(response, 422, "validation_error", "agent_version")
+
+
 def test_create_chat_errors(api: Api, other: Api) -> None:
     assert_error(api.post("/api/chats", {"agent_id": "chat_agent_nope"}), 404, "chat_agent_not_found")
     theirs = make_agent(other)

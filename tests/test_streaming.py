@@ -47,6 +47,14 @@ def test_stream_yields_deltas_then_exactly_the_json_answer(api: Api, model: Scri
     assert stored[-1] == done["messages"][0]
 
 
+def test_openapi_documents_the_stream_under_the_status_it_answers(api: Api) -> None:
+    # The stream answers 201, like the JSON answer; it was documented under 200.
+    spec = api.http.get("/openapi.json").json()
+    responses = spec["paths"]["/api/chats/{chat_id}/completions"]["post"]["responses"]
+    assert set(responses["201"]["content"]) == {"application/json", "text/event-stream"}
+    assert "200" not in responses
+
+
 def test_truncated_stream_is_an_error_event_and_stores_nothing(api: Api, model: ScriptedModel) -> None:
     chat = make_chat(api)
     model.push(Truncate("I was about to"), Truncate("again"), Truncate("and again"))

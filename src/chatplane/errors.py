@@ -2,6 +2,8 @@
 
 Every failure leaves the server as ``{"error": {"code", "message", ...}}``.
 Domain code raises these; only ``install_error_handlers`` knows about HTTP.
+``error_responses`` describes that shape to OpenAPI, for the routes to
+declare the statuses they answer.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -159,6 +162,46 @@ def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable and machine-readable, e.g. `chat_not_found`, `validation_error`.")
+    message: str
+    field: str | None = Field(
+        default=None, description="The field at fault, e.g. `general_tools[0].url` (validation errors)."
+    )
+    details: list[ErrorDetail] | None = Field(default=None, description="Every field at fault (validation errors).")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape every error has."""
+
+    error: ErrorInfo
+
+
+_ERROR_DESCRIPTIONS = {
+    401: "No API key, or one that is invalid or revoked (`unauthorized`).",
+    404: "The workspace is not one of this key's (`workspace_not_found`), or the resource is not in it.",
+    409: "The resource is not in a state that allows this; `code` says why.",
+    413: "The request body is larger than the server accepts (`payload_too_large`).",
+    422: "The request is not valid (`validation_error`); `field` names what is wrong.",
+    502: "The model provider failed (`provider_error`); nothing was stored, send it again.",
+    504: "The model provider did not answer in time (`provider_timeout`); nothing was stored.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of these error statuses, all ``ErrorResponse``.
+
+    A route's statuses are part of its contract: a client (or a schema-driven
+    test) must find every status the route can answer in the document.
+    """
+    return {status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -170,6 +213,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's answer to a JSON body that is not UTF-8: as unreadable
+            # as any other body that is not JSON, so the same 422.
+            return JSONResponse(validation_body([{"type": "json_invalid", "loc": ("body",)}]), status_code=422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         return JSONResponse(

@@ -105,11 +105,15 @@ def partial_model(model: type[BaseModel], name: str) -> type[BaseModel]:
     """
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
-        # Keep the field's own rules (discriminator, bounds), only the default changes.
+        # Keep the field's own rules (discriminator, bounds, validators), only
+        # the default changes. The rules go inside the Optional: they hold for
+        # a value sent, and a null (nothing to change) is not checked by them.
+        value_type = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
         optional = copy(info)
+        optional.metadata = []
         optional.default = None
         optional.default_factory = None
-        fields[field_name] = (Optional[info.annotation], optional)
+        fields[field_name] = (Optional[value_type], optional)
     return create_model(name, __base__=StrictModel, **fields)
 
 

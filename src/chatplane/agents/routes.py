@@ -8,11 +8,12 @@ from chatplane import configs
 from chatplane.agents import service
 from chatplane.agents.schemas import ChatAgentCreate, ChatAgentOut, ChatAgentUpdate
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
+from chatplane.errors import error_responses
 from chatplane.models import ChatAgent
 from chatplane.pagination import Page, PageQuery
 from chatplane.schemas import VersionQuery, WorkspaceBody
 
-router = APIRouter(prefix="/api/chat-agents", tags=["Chat Agents"])
+router = APIRouter(prefix="/api/chat-agents", tags=["Chat Agents"], responses=error_responses(401, 404, 422))
 
 
 
@@ -29,7 +30,8 @@ def agent_out(row: ChatAgent) -> dict:
     }
 
 
-@router.post("", status_code=201, response_model=ChatAgentOut, summary="Create chat agent")
+@router.post("", status_code=201, response_model=ChatAgentOut, summary="Create chat agent",
+             responses=error_responses(413))
 async def create_agent(body: ChatAgentCreate, request: Request, session: Session,
                        principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
@@ -60,7 +62,8 @@ async def list_agent_versions(agent_id: str, session: Session, workspace_id: Que
 
 
 @router.patch("/{agent_id}", response_model=ChatAgentOut, summary="Update chat agent",
-              description="Changes the latest version; if it is published, a new draft version is made instead.")
+              description="Changes the latest version; if it is published, a new draft version is made instead.",
+              responses=error_responses(413))
 async def update_agent(agent_id: str, body: ChatAgentUpdate, request: Request, session: Session,
                        principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
@@ -74,7 +77,9 @@ async def update_agent(agent_id: str, body: ChatAgentUpdate, request: Request, s
 
 @router.post("/{agent_id}/publish", response_model=ChatAgentOut, summary="Publish chat agent",
              description="Freezes the latest version and the LLM version it uses; publishing a "
-             "published version changes nothing. The next edit starts a new draft version.")
+             "published version changes nothing. The next edit starts a new draft version. "
+             "409 `llm_missing` if its LLM was deleted.",
+             responses=error_responses(409, 413))
 async def publish_agent(agent_id: str, body: WorkspaceBody, session: Session,
                         principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)

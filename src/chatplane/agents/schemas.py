@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from chatplane.errors import FieldError
 from chatplane.schemas import (
+    MAX_VERSION,
     AnalysisField,
     HttpUrlStr,
     StrictModel,
@@ -27,14 +28,15 @@ class UponaiLlmEngine(StrictModel):
     type: Literal["uponai-llm"]
     llm_id: str = Field(min_length=1, max_length=64)
     version: int | None = Field(
-        default=None, ge=1, description="Pin an LLM version; the latest if unset (pinned on publish)."
+        default=None, ge=1, le=MAX_VERSION,
+        description="Pin an LLM version; the latest if unset (pinned on publish).",
     )
 
 
 class ConversationFlowEngine(StrictModel):
     type: Literal["conversation-flow"]
     conversation_flow_id: str = Field(min_length=1, max_length=64)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 ResponseEngine = Annotated[Union[UponaiLlmEngine, ConversationFlowEngine], Field(discriminator="type")]

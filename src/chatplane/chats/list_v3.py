@@ -115,12 +115,12 @@ from chatplane.auth import CurrentPrincipal, Session
 from chatplane.chats import service
 from chatplane.chats.filters import id_at
 from chatplane.chats.schemas import ChatStatus, ChatSummary, ChatType
-from chatplane.errors import FieldError, InvalidInput
+from chatplane.errors import FieldError, InvalidInput, error_responses
 from chatplane.models import Chat
 from chatplane.pagination import PageRequest, SortOrder, decode_cursor, fetch_page
-from chatplane.schemas import WorkspaceId
+from chatplane.schemas import MAX_VERSION, WorkspaceId
 
-router = APIRouter(tags=["Chats"])
+router = APIRouter(tags=["Chats"], responses=error_responses(401, 404, 413, 422))
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last millisecond a datetime holds
@@ -382,7 +382,7 @@ def _whole_number(value: Any) -> Any:
 
 class ChatAgentFilter(_Strict):
     agent_id: Annotated[str, AfterValidator(_no_nul)] = Field(min_length=1, max_length=64)
-    version: list[Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]] | None = Field(
+    version: list[Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=MAX_VERSION)]] | None = Field(
         default=None,
         max_length=100,
         description="Only these versions of the agent; left out or empty, every version.",

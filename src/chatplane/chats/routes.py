@@ -26,12 +26,12 @@ from chatplane.chats.schemas import (
     UpdateChatRequest,
 )
 from chatplane.chats.turns import TurnAnswer, Turns
-from chatplane.errors import AppError, Conflict
+from chatplane.errors import AppError, Conflict, error_responses
 from chatplane.pagination import PageQuery
 from chatplane.schemas import WorkspaceBody
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/chats", tags=["Chats"])
+router = APIRouter(prefix="/api/chats", tags=["Chats"], responses=error_responses(401, 404, 422))
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -44,7 +44,9 @@ IdempotencyKeyHeader = Annotated[
 
 
 @router.post("", status_code=201, response_model=Chat, summary="Create chat",
-             description="Start a new live chat session backed by a chat agent.")
+             description="Start a new live chat session backed by a chat agent. "
+             "409 `llm_missing` if the agent's LLM was deleted.",
+             responses=error_responses(409, 413))
 async def create_chat(body: CreateChatRequest, session: Session, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
     chat, messages = await service.create_chat(
@@ -96,7 +98,8 @@ async def get_chat(chat_id: str, session: Session, workspace_id: QueryWorkspace)
 
 
 @router.patch("/{chat_id}", response_model=Chat, summary="Update chat",
-              description="Replace metadata, custom attributes or override dynamic variables.")
+              description="Replace metadata, custom attributes or override dynamic variables.",
+              responses=error_responses(413))
 async def update_chat(chat_id: str, body: UpdateChatRequest, session: Session, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
     chat = await service.update_chat(
@@ -107,7 +110,8 @@ async def update_chat(chat_id: str, body: UpdateChatRequest, session: Session, p
 
 
 @router.post("/{chat_id}/end", status_code=204, summary="End chat",
-             description="Waits for a turn in progress, then ends the chat. An ended chat answers 409.")
+             description="Waits for a turn in progress, then ends the chat. An ended chat answers 409.",
+             responses=error_responses(409, 413))
 async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principal: CurrentPrincipal) -> Response:
     workspace_id = principal.require(body.workspace_id)
     turns: Turns = request.app.state.turns
@@ -122,7 +126,8 @@ async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principa
 
 @router.post("/{chat_id}/analysis", response_model=Chat, summary="Re-run post-chat analysis",
              description="Runs the analysis now (it also runs by itself when a chat ends) and answers the chat. "
-             "An ongoing chat answers 409: analysis is of finished chats.")
+             "An ongoing chat answers 409: analysis is of finished chats.",
+             responses=error_responses(409, 413))
 async def rerun_analysis(chat_id: str, body: WorkspaceBody, request: Request, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
     services = request.app.state.services
@@ -161,7 +166,8 @@ async def delete_chat(chat_id: str, request: Request, workspace_id: QueryWorkspa
         "exactly the JSON answer (or one `error` event). A client that disconnects mid-stream "
         "does not stop the turn: it completes and is stored."
     ),
-    responses={200: {"content": {"text/event-stream": {}}}},
+    # The stream answers 201 like the JSON answer does.
+    responses={201: {"content": {"text/event-stream": {}}}, **error_responses(409, 413, 502, 504)},
 )
 async def create_completion(
     chat_id: str,

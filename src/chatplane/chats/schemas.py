@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
-from chatplane.schemas import StrictModel, Variables, WorkspaceId
+from chatplane.schemas import MAX_VERSION, StrictModel, Variables, WorkspaceId
 
 ChatStatus = Literal["ongoing", "ended", "error"]
 ChatType = Literal["api_chat", "web_chat", "sms_chat"]
@@ -19,7 +19,7 @@ class CreateChatRequest(StrictModel):
     workspace_id: WorkspaceId
     agent_id: str = Field(min_length=1, max_length=64)
     agent_version: int | None = Field(
-        default=None, ge=1, description="Run on this agent version; the latest if unset."
+        default=None, ge=1, le=MAX_VERSION, description="Run on this agent version; the latest if unset."
     )
     metadata: StringMap = Field(default_factory=dict)
     uponai_dynamic_variables: Variables = Field(default_factory=dict)

@@ -6,13 +6,14 @@ from fastapi import APIRouter, Request, Response
 
 from chatplane import configs
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
+from chatplane.errors import error_responses
 from chatplane.llms import service
 from chatplane.llms.schemas import LlmCreate, LlmOut, LlmUpdate
 from chatplane.models import Llm
 from chatplane.pagination import Page, PageQuery
 from chatplane.schemas import VersionQuery, WorkspaceBody
 
-router = APIRouter(prefix="/api/llms", tags=["LLM Models"])
+router = APIRouter(prefix="/api/llms", tags=["LLM Models"], responses=error_responses(401, 404, 422))
 
 
 
@@ -29,7 +30,8 @@ def llm_out(row: Llm) -> dict:
     }
 
 
-@router.post("", status_code=201, response_model=LlmOut, summary="Create LLM configuration")
+@router.post("", status_code=201, response_model=LlmOut, summary="Create LLM configuration",
+             responses=error_responses(413))
 async def create_llm(body: LlmCreate, request: Request, session: Session, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
     row = await service.create_llm(
@@ -55,7 +57,8 @@ async def list_llm_versions(llm_id: str, session: Session, workspace_id: QueryWo
 
 
 @router.patch("/{llm_id}", response_model=LlmOut, summary="Update LLM configuration",
-              description="Changes the latest version; if it is published, a new draft version is made instead.")
+              description="Changes the latest version; if it is published, a new draft version is made instead.",
+              responses=error_responses(413))
 async def update_llm(llm_id: str, body: LlmUpdate, request: Request, session: Session,
                      principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
@@ -69,14 +72,16 @@ async def update_llm(llm_id: str, body: LlmUpdate, request: Request, session: Se
 
 @router.post("/{llm_id}/publish", response_model=LlmOut, summary="Publish LLM configuration",
              description="Freezes the latest version; the next edit starts a new draft version. "
-             "Publishing a chat agent also publishes the LLM version it uses.")
+             "Publishing a chat agent also publishes the LLM version it uses.",
+             responses=error_responses(413))
 async def publish_llm(llm_id: str, body: WorkspaceBody, session: Session, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
     row = await configs.get(session, Llm, workspace_id=workspace_id, id=llm_id, for_update=True)
     return llm_out(await configs.mark_published(session, row))
 
 
-@router.delete("/{llm_id}", status_code=204, summary="Delete LLM configuration (all versions)")
+@router.delete("/{llm_id}", status_code=204, summary="Delete LLM configuration (all versions)",
+               description="409 `llm_in_use` while a chat agent uses it.", responses=error_responses(409))
 async def delete_llm(llm_id: str, session: Session, workspace_id: QueryWorkspace) -> Response:
     await service.delete_llm(session, workspace_id=workspace_id, llm_id=llm_id)
     return Response(status_code=204)

@@ -9,14 +9,15 @@ from fastapi import APIRouter, Request, Response
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
 from chatplane.chats import service as chats
 from chatplane.chats.schemas import Chat
+from chatplane.errors import ErrorResponse, error_responses
 from chatplane.models import PhoneNumber
 from chatplane.pagination import Page, PageQuery
 from chatplane.sms import inbound, service
 from chatplane.sms.schemas import CreateSmsChatRequest, PhoneNumberCreate, PhoneNumberOut, PhoneNumberUpdate
 from chatplane.sms.twilio import SIGNATURE_HEADER
 
-router = APIRouter(prefix="/api/phone-numbers", tags=["Phone Numbers"])
-chats_router = APIRouter(prefix="/api/chats", tags=["Chats"])
+router = APIRouter(prefix="/api/phone-numbers", tags=["Phone Numbers"], responses=error_responses(401, 404, 422))
+chats_router = APIRouter(prefix="/api/chats", tags=["Chats"], responses=error_responses(401, 404, 422))
 webhook_router = APIRouter(tags=["SMS"])
 
 # Twilio takes an empty TwiML answer as "nothing to send now": replies go by the REST API.
@@ -37,7 +38,9 @@ def number_out(row: PhoneNumber) -> dict:
 @router.post("", status_code=201, response_model=PhoneNumberOut, summary="Add a phone number",
              description="A Twilio number of yours, with the account SID and auth token it belongs to "
              "(stored encrypted, never returned). Point the number's \"A message comes in\" webhook at "
-             "`POST /webhooks/twilio/sms` on this server. A number can be configured in one workspace only.")
+             "`POST /webhooks/twilio/sms` on this server. A number can be configured in one workspace only "
+             "(409 `phone_number_taken`).",
+             responses=error_responses(409, 413))
 async def create_phone_number(body: PhoneNumberCreate, request: Request, session: Session,
                               principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
@@ -63,7 +66,8 @@ async def get_phone_number(phone_number: str, session: Session, workspace_id: Qu
 
 
 @router.patch("/{phone_number}", response_model=PhoneNumberOut, summary="Update phone number",
-              description="Changes the fields sent. New `twilio_account_sid` / `twilio_auth_token` replace the stored ones.")
+              description="Changes the fields sent. New `twilio_account_sid` / `twilio_auth_token` replace the stored ones.",
+              responses=error_responses(413))
 async def update_phone_number(phone_number: str, body: PhoneNumberUpdate, request: Request, session: Session,
                               principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
@@ -86,7 +90,8 @@ async def delete_phone_number(phone_number: str, session: Session, workspace_id:
                    description="Start a chat by text from one of your numbers: the agent's begin message is "
                    "texted to `to_number` (so the agent needs one), and the user's replies continue this chat. "
                    "The agent is `override_agent_id`, else one of the number's `outbound_sms_agents` by weight. "
-                   "409 `sms_chat_ongoing` while a chat between the two numbers is ongoing.")
+                   "409 `sms_chat_ongoing` while a chat between the two numbers is ongoing.",
+                   responses=error_responses(409, 413))
 async def create_sms_chat(body: CreateSmsChatRequest, session: Session, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
     chat, messages = await service.start_sms_chat(session, workspace_id=workspace_id, body=body)
@@ -110,7 +115,10 @@ def signed_url(request: Request) -> str:
     "else 403 and nothing is kept. The text is recorded and answered by a job, by Twilio's REST API; this "
     "answers an empty TwiML `<Response/>` at once. A repeated `MessageSid` is recognised and ignored.",
     response_class=Response,
-    responses={200: {"content": {"text/xml": {}}}, 403: {"description": "The signature does not verify."}},
+    responses={
+        200: {"content": {"text/xml": {}}},
+        403: {"model": ErrorResponse, "description": "The signature does not verify."},
+    },
 )
 async def twilio_sms(request: Request, session: Session) -> Response:
     body = await request.body()

@@ -10,14 +10,14 @@ from pydantic import BaseModel, Field
 
 from chatplane.agents.schemas import WebhookEvent
 from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
-from chatplane.errors import NotFound
+from chatplane.errors import NotFound, error_responses
 from chatplane.models import WebhookDelivery
 from chatplane.pagination import Page, PageQuery
 from chatplane.schemas import WorkspaceBody
 from chatplane.webhooks import deliver as service
 
-router = APIRouter(prefix="/api/webhook-deliveries", tags=["Webhooks"])
-key_router = APIRouter(prefix="/api/workspaces", tags=["Account"])
+router = APIRouter(prefix="/api/webhook-deliveries", tags=["Webhooks"], responses=error_responses(401, 404, 422))
+key_router = APIRouter(prefix="/api/workspaces", tags=["Account"], responses=error_responses(401, 404, 422))
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
@@ -108,7 +108,8 @@ async def get_delivery(delivery_id: str, session: Session, workspace_id: QueryWo
 @router.post("/{delivery_id}/redeliver", status_code=202, response_model=WebhookDeliveryOut,
              summary="Send a webhook delivery again",
              description="Queues the same event (same id, payload and URL) for a new round of attempts, "
-             "whatever its status; it is `pending` until sent.")
+             "whatever its status; it is `pending` until sent.",
+             responses=error_responses(413))
 async def redeliver(delivery_id: str, body: WorkspaceBody, session: Session, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
     return delivery_out(await service.redeliver(session, workspace_id=workspace_id, delivery_id=delivery_id))

@@ -7,8 +7,9 @@ from pydantic import BaseModel
 
 from chatplane import auth
 from chatplane.auth import CurrentPrincipal, Session
+from chatplane.errors import error_responses
 
-router = APIRouter(prefix="/api/workspaces", tags=["Account"])
+router = APIRouter(prefix="/api/workspaces", tags=["Account"], responses=error_responses(401))
 
 
 class WorkspaceOut(BaseModel):
