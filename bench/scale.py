@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-import httpx
+from harness import wait_up  # bench/ is on sys.path when a bench script runs
 from ulid import ULID
 
 from chatplane.agents.schemas import ChatAgentConfig
@@ -561,19 +561,6 @@ async def measure(port: int, meter: Meter, *, agents: list[Agent], big_id: str, 
 
 
 # --- the run -------------------------------------------------------------------
-
-
-async def wait_up(url: str, server: subprocess.Popen) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(1200):
-            if server.poll() is not None:
-                raise RuntimeError("chatplane serve exited")
-            try:
-                await client.get(url)
-                return
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def main() -> None:

@@ -16,11 +16,11 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -42,14 +42,14 @@ from tests.conftest import (
     SCRIPTED_NO_RETRY,
     Api,
     Backend,
-    served,
-    tenant,
     assert_error,
     scripted_providers,
+    served,
+    tenant,
 )
-from tests.twilio_fake import FakeTwilio, Failure
+from tests.twilio_fake import Failure, FakeTwilio
+from tests.webhook_receiver import eventually
 
-T = TypeVar("T")
 PUBLIC_URL = "https://sms.chatplane.test"  # what Twilio is told; the signature covers it
 HOOK = "/webhooks/twilio/sms"
 BURST_S = 0.6
@@ -88,17 +88,6 @@ def mine(sms: Backend) -> Iterator[Api]:
 def theirs(sms: Backend) -> Iterator[Api]:
     with tenant(sms, "theirs") as client:
         yield client
-
-
-def eventually(check: Callable[[], T], *, timeout_s: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        time.sleep(0.02)
 
 
 def a_number() -> str:
