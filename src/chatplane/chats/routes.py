@@ -121,6 +121,7 @@ async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principa
             await lifecycle.finish_chat(session, chat=chat, reason="api", registry=request.app.state.services.registry)
             await session.commit()
             jobs.committed(session)
+        turns.forget(chat_id)  # no more turns: its history need not stay cached
     return Response(status_code=204)
 
 

@@ -52,7 +52,9 @@ from chatplane.models import (
 from chatplane.providers import ModelReply, ModelRequest, OnDelta, Registry
 from chatplane.webhooks.events import wants
 
-HISTORY_CACHE_CHATS = 2048
+# The per-process history cache holds at most this many model-facing
+# messages in all (~300 bytes each: ~30 MiB), of the chats used last.
+HISTORY_CACHE_MESSAGES = 100_000
 # Model calls that may ask for tools in one turn; the call after the last of
 # them is made with tool_choice "none", so the turn always ends in words.
 MAX_TOOL_ROUNDS = 5
@@ -131,6 +133,7 @@ class _History:
 
     rows: int
     messages: list[dict[str, Any]]
+    counted: int = 0  # of these messages, how many the cache's total counts
 
 
 @dataclass(slots=True)
@@ -234,15 +237,26 @@ class Turns:
         # database, so another process's writes are never missed, and a long
         # chat costs one small query per turn instead of a re-read.
         self._history: OrderedDict[str, _History] = OrderedDict()
+        self._cached_messages = 0  # model-facing messages held in self._history
 
     def _remember(self, chat_id: str, history: _History) -> None:
-        self._history.pop(chat_id, None)
+        """Keep ``history`` as the chat's, most recently used; let the least
+        recently used go while the cache holds more messages than its budget
+        (bounded by size, not by a number of chats: a long chat weighs more)."""
+        earlier = self._history.pop(chat_id, None)
+        if earlier is not None and earlier is not history:
+            self._cached_messages -= earlier.counted
         self._history[chat_id] = history
-        if len(self._history) > HISTORY_CACHE_CHATS:
-            self._history.popitem(last=False)
+        self._cached_messages += len(history.messages) - history.counted
+        history.counted = len(history.messages)
+        while self._cached_messages > HISTORY_CACHE_MESSAGES and len(self._history) > 1:
+            _, evicted = self._history.popitem(last=False)
+            self._cached_messages -= evicted.counted
 
     def forget(self, chat_id: str) -> None:
-        self._history.pop(chat_id, None)
+        forgotten = self._history.pop(chat_id, None)
+        if forgotten is not None:
+            self._cached_messages -= forgotten.counted
 
     async def run(
         self,
@@ -333,6 +347,7 @@ class Turns:
                 for agent in agents:
                     history.messages.extend(tools.history_messages("assistant", agent["content"], agent["tool_calls"]))
                 history.rows += 1 + len(agents)
+                self._remember(chat_id, history)
             return TurnAnswer(body=body)
 
     async def _converse(

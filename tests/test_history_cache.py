@@ -1,0 +1,36 @@
+"""The per-process history cache is bounded by messages, not by chats."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatplane.chats import turns as turns_module
+from chatplane.chats.turns import Turns, _History
+
+
+def _history(n: int) -> _History:
+    return _History(n, [{"role": "user", "content": str(i)} for i in range(n)])
+
+
+def test_the_least_recently_used_chats_go_when_the_message_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turns_module, "HISTORY_CACHE_MESSAGES", 100)
+    turns = Turns(None, None, None)  # type: ignore[arg-type]  # the cache needs none of them
+    for name in "abc":
+        turns._remember(name, _history(40))
+    # 120 > 100: "a", the least recently used, went; a long chat weighs more than a short one.
+    assert list(turns._history) == ["b", "c"] and turns._cached_messages == 80
+    grown = turns._history["b"]
+    grown.messages += [{"role": "assistant", "content": "x"}] * 30  # a turn appended to b's history
+    turns._remember("b", grown)
+    assert list(turns._history) == ["b"] and turns._cached_messages == 70  # c went, b is the newest
+    turns._remember("b", _history(10))  # re-read from the database: replaces, not adds
+    assert turns._cached_messages == 10
+    turns.forget("b")
+    assert not turns._history and turns._cached_messages == 0
+
+
+def test_one_chat_larger_than_the_budget_is_still_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turns_module, "HISTORY_CACHE_MESSAGES", 10)
+    turns = Turns(None, None, None)  # type: ignore[arg-type]
+    turns._remember("long", _history(50))
+    assert list(turns._history) == ["long"]
