@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
 from chatplane import jobs
+from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
 from chatplane.chats import analysis, lifecycle, service
 from chatplane.chats.filters import id_bound
 from chatplane.chats.schemas import (
