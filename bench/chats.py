@@ -39,12 +39,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-
 from harness import (
     DEFAULT_PG_URL,
     MODEL,
     ROOT,
-    SYSTEM,
     Conn,
     Stub,
     Target,
@@ -153,7 +151,8 @@ def describe_build() -> str:
     """The commit, and a fingerprint of uncommitted changes under src/ (figures move with them)."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                                  check=False).stdout.strip()
         except OSError:
             return ""
 

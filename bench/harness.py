@@ -195,7 +195,7 @@ async def fresh_database(kind: str, tmp: Path, pg_url: str, name: str) -> AsyncI
         yield pg_url.rsplit("/", 1)[0] + "/" + db_name
     finally:
         subprocess.run(["psql", pg_url, "-qc", f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'],
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, check=False)
 
 
 # --- the load client -----------------------------------------------------------------

@@ -83,10 +83,9 @@ def ensure_peer_venv() -> str:
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
         pip = [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, *PEER_REQUIREMENTS], check=True)
+    report = "import importlib.metadata as m, sys\nprint(' '.join(f'{p} {m.version(p)}' for p in sys.argv[1:]))"
     versions = subprocess.run(
-        [str(PEER_VENV / "bin" / "python"), "-c",
-         "import importlib.metadata as m, sys\n"
-         "print(' '.join(f'{p} {m.version(p)}' for p in sys.argv[1:]))", *PEER_PACKAGES],
+        [str(PEER_VENV / "bin" / "python"), "-c", report, *PEER_PACKAGES],
         capture_output=True, text=True, check=True,
     )
     return versions.stdout.strip()
@@ -129,12 +128,12 @@ async def langgraph(model: Stub, *, tmp: Path, jobs: int) -> AsyncIterator[Targe
                LANGSMITH_TRACING="false", LANGCHAIN_TRACING_V2="false")
     env.pop("VIRTUAL_ENV", None)
     port = free_port()
-    log = open(work / "server.log", "w")
-    server = subprocess.Popen(
-        [str(PEER_VENV / "bin" / "langgraph"), "dev", "--config", "langgraph.json", "--port", str(port),
-         "--no-browser", "--no-reload", "--n-jobs-per-worker", str(jobs)],
-        env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with open(work / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [str(PEER_VENV / "bin" / "langgraph"), "dev", "--config", "langgraph.json", "--port", str(port),
+             "--no-browser", "--no-reload", "--n-jobs-per-worker", str(jobs)],
+            env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
         try:
             await wait_up(f"http://127.0.0.1:{port}/ok", server)
@@ -158,7 +157,6 @@ async def langgraph(model: Stub, *, tmp: Path, jobs: int) -> AsyncIterator[Targe
                          bad=b'"__error__"')
     finally:
         stop(server)
-        log.close()
 
 
 def table(results: dict[str, list[Level]]) -> str:
