@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -361,6 +362,7 @@ def main() -> None:
             llm.close()
         server.terminate()
         server.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     same = sum(a.text == b.text for a, b in zip(ours, theirs))
     print(f"\nembedded model {embedded.name}, threads={embedded.threads or os.cpu_count()}, "

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import shutil
 import sys
 import tempfile
 import time
@@ -117,13 +119,20 @@ async def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="chatplane-bench-"))
+    try:
+        await measure(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def measure(args: argparse.Namespace, tmp: Path) -> None:
     async with stub() as model, fresh_database(args.db, tmp, args.pg_url, "chatplane_memory") as db_url:
         env = clean_env()
         env.update(
             CHATPLANE_DATA_DIR=str(tmp),
             CHATPLANE_DATABASE_URL=db_url,
             CHATPLANE_BOOTSTRAP_API_KEY=KEY,
-            CHATPLANE_PROVIDERS=f'[{{"name": "stub", "base_url": "{model.url}", "models": [{{"name": "{MODEL}"}}]}}]',
+            CHATPLANE_PROVIDERS=json.dumps([{"name": "stub", "base_url": model.url, "models": [{"name": MODEL}]}]),
         )
         port = free_port()
         server = start([sys.executable, "-m", "chatplane.cli", "serve", "--port", str(port),
