@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
 
+from chatplane.chats.turns import _write_turn
 from chatplane.db import create_engine, migrate, run_unit
 from chatplane.models import Workspace
-from tests.conftest import BACKENDS, dispose_settings, fresh_settings
+from chatplane.testing import Reply
+from tests.chat_helpers import make_chat, say
+from tests.conftest import (
+    BACKENDS,
+    Api,
+    ScriptedModel,
+    dispose_settings,
+    fresh_settings,
+)
 
 WORKSPACES = Workspace.__table__
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -100,3 +110,39 @@ def test_units_one_after_another_share_the_one_sqlite_connection(tmp_path: Path)
             await engine.dispose()
 
     assert asyncio.run(scenario()) == 50
+
+
+def test_a_turn_is_written_whole_or_not_at_all(api: Api, model: ScriptedModel) -> None:
+    """The turn's write (messages, the chat's counters, the idempotent answer):
+    one statement on PostgreSQL, one transaction on SQLite; when its last part
+    fails, nothing of it stays."""
+    chat = make_chat(api)
+    model.push(Reply("first"))
+    assert say(api, chat["chatId"], "hello", headers={"Idempotency-Key": "k-taken"}).status_code == 201
+    before = api.get(f"/api/chats/{chat['chatId']}").json()
+    seq = len(before["messages"])
+    now = datetime.now(UTC)
+    messages = [
+        {"id": f"msg_unit_{i}", "chat_id": chat["chatId"], "seq": seq + i, "role": role, "content": role,
+         "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0, "completion_tokens": 0,
+         "created_at": now}
+        for i, role in enumerate(("user", "assistant"))
+    ]
+    after = {"b_chat_id": chat["chatId"], "b_count": seq + 2, "b_user_at": now, "b_agent_at": now}
+    # The key is already stored for this chat: the write's last part fails.
+    taken = {"chat_id": chat["chatId"], "key": "k-taken", "request_hash": "x", "response": {}, "created_at": now}
+
+    async def write(idempotent: dict | None) -> None:
+        engine = create_engine(api.backend.settings)
+        try:
+            await run_unit(engine, lambda conn: _write_turn(conn, messages, after, None, idempotent), write=True,
+                           one_statement=engine.dialect.name == "postgresql")
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(IntegrityError):
+        asyncio.run(write(taken))
+    assert api.get(f"/api/chats/{chat['chatId']}").json() == before
+    asyncio.run(write({**taken, "key": "k-free"}))  # the same write, whole
+    written = api.get(f"/api/chats/{chat['chatId']}").json()["messages"][seq:]
+    assert [m["messageId"] for m in written] == ["msg_unit_0", "msg_unit_1"]

@@ -118,9 +118,15 @@ def _begin_immediate(conn: Connection) -> None:
 _in_thread_engines: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
 
 
-async def run_unit(engine: AsyncEngine, work: Callable[[Connection], T], *, write: bool) -> T:
+async def run_unit(
+    engine: AsyncEngine, work: Callable[[Connection], T], *, write: bool, one_statement: bool = False
+) -> T:
     """Run ``work(connection)``, sync SQLAlchemy, as one unit: inside one
     committed transaction when ``write``, else outside any (reads).
+
+    ``one_statement``: on PostgreSQL the work is a single statement, which the
+    server runs atomically by itself, so a write goes out in autocommit: no
+    BEGIN and COMMIT round trips.
 
     On SQLite the whole unit runs in one go on aiosqlite's own thread, with
     a sync engine over the same sqlite3 connection: statement by statement,
@@ -130,7 +136,7 @@ async def run_unit(engine: AsyncEngine, work: Callable[[Connection], T], *, writ
     ``AsyncConnection.run_sync`` in a transaction (or in autocommit).
     """
     if engine.dialect.name != "sqlite":
-        if write:
+        if write and not one_statement:
             async with engine.begin() as conn:
                 return await conn.run_sync(work)
         async with engine.connect() as conn:

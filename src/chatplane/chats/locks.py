@@ -13,6 +13,8 @@ queue ever touches the cross-process layer. Across processes:
 
 The head of a queue polls the cross-process lock with a short backoff; that
 only happens when two processes serve the same chat at the same moment.
+An advisory lock is let go after the turn has answered (its round trip is
+not the client's to wait for); the process's next turn on the chat waits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +32,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _MAX_WAIT_S = 0.02
+logger = logging.getLogger(__name__)
 
 
 def lock_key(chat_id: str) -> int:
@@ -101,6 +105,10 @@ class TurnLocks:
     def __init__(self, engine: AsyncEngine, *, lock_file: Path | None) -> None:
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
         self._shared = _FileLocks(lock_file) if lock_file else _PgAdvisory(engine)
+        # Letting go of an advisory lock is a round trip to PostgreSQL: it
+        # happens after the turn's answer has gone out, not before.
+        self._release_later = isinstance(self._shared, _PgAdvisory)
+        self._releasing: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def hold(self, chat_id: str) -> AsyncIterator[None]:
@@ -109,22 +117,60 @@ class TurnLocks:
             lock = asyncio.Lock()
         self._local[chat_id] = (lock, users + 1)
         try:
-            async with lock:
-                key = lock_key(chat_id)
-                wait = 0.001
-                while not await self._shared.try_acquire(key):
-                    await asyncio.sleep(wait)
-                    wait = min(wait * 2, _MAX_WAIT_S)
-                try:
-                    yield
-                finally:
-                    await asyncio.shield(self._shared.release(key))
+            await lock.acquire()
+        except BaseException:
+            self._leave(chat_id)
+            raise
+        try:
+            key = lock_key(chat_id)
+            wait = 0.001
+            while not await self._shared.try_acquire(key):
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_WAIT_S)
+        except BaseException:
+            self._let_go(chat_id, lock)
+            raise
+        try:
+            yield
         finally:
-            lock, users = self._local[chat_id]
-            if users == 1:
-                del self._local[chat_id]
+            if self._release_later:
+                # The process's next turn on this chat still waits for the
+                # release (it needs the local lock, let go only afterwards);
+                # only this turn's answer no longer does.
+                task = asyncio.create_task(self._release(chat_id, lock, key))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
             else:
-                self._local[chat_id] = (lock, users - 1)
+                await self._release(chat_id, lock, key)
+
+    async def _release(self, chat_id: str, lock: asyncio.Lock, key: int) -> None:
+        try:
+            await self._shared.release(key)
+        except Exception:
+            if not self._release_later:
+                raise
+            # Nobody awaits this one. The connection that failed was closed,
+            # and its advisory locks went with it.
+            logger.warning("letting go of the turn lock of %s failed", chat_id, exc_info=True)
+        finally:
+            self._let_go(chat_id, lock)
+
+    def _let_go(self, chat_id: str, lock: asyncio.Lock) -> None:
+        lock.release()
+        self._leave(chat_id)
+
+    def _leave(self, chat_id: str) -> None:
+        lock, users = self._local[chat_id]
+        if users == 1:
+            del self._local[chat_id]
+        else:
+            self._local[chat_id] = (lock, users - 1)
+
+    async def settled(self) -> None:
+        """Wait for the releases still going out."""
+        while self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def aclose(self) -> None:
+        await self.settled()
         await self._shared.aclose()

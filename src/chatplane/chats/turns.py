@@ -17,6 +17,7 @@ the end of the chat) is written in the same transaction as the messages.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import Update, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chatplane import jobs
@@ -82,6 +84,7 @@ def _message_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_PG = postgresql.asyncpg.dialect()
 CHATS = Chat.__table__
 MESSAGES = ChatMessage.__table__
 IDEMPOTENCY = IdempotencyKey.__table__
@@ -182,6 +185,15 @@ def _write_turn(
     tool_changes: dict[str, Any] | None,
     idempotent: dict[str, Any] | None,
 ) -> None:
+    if _one_statement(conn.dialect):
+        columns = tuple(messages[0])
+        statement = _turn_statement(columns, tool_changes is not None, idempotent is not None)
+        params = {**after, **(tool_changes or {})}
+        params.update({f"m_{column}": [message[column] for message in messages] for column in columns})
+        if idempotent is not None:
+            params.update({f"k_{column}": value for column, value in idempotent.items()})
+        conn.execute(statement, params)
+        return
     conn.execute(INSERT_MESSAGES, messages)
     if tool_changes is not None:
         conn.execute(UPDATE_AFTER_TOOLS, {**after, **tool_changes})
@@ -189,6 +201,36 @@ def _write_turn(
         conn.execute(UPDATE_AFTER_TURN, after)
     if idempotent is not None:
         conn.execute(INSERT_IDEMPOTENT, idempotent)
+
+
+def _one_statement(dialect: Dialect) -> bool:
+    """Whether this database writes a turn in one statement (see ``_turn_statement``)."""
+    return dialect.name == "postgresql"
+
+
+@functools.cache
+def _turn_statement(columns: tuple[str, ...], tool_changes: bool, idempotent: bool) -> Update:
+    """PostgreSQL: a turn's whole write as one statement, the messages (and the
+    idempotent answer) inserted by data-modifying CTEs of the chat's update.
+
+    PostgreSQL runs one statement atomically, so in autocommit the turn is one
+    round trip instead of BEGIN, INSERT, UPDATE, COMMIT. The messages arrive as
+    one array per column (``unnest``): one statement, compiled once, for any
+    number of messages (a multi-row VALUES is compiled anew every time).
+    """
+    arrays = [
+        bindparam(f"m_{column}", type_=postgresql.ARRAY(MESSAGES.c[column].type.dialect_impl(_PG)))
+        for column in columns
+    ]
+    rows = func.unnest(*arrays).table_valued(*columns).render_derived(name="turn_rows")
+    ctes = [insert(MESSAGES).from_select(columns, select(*rows.c)).cte("turn_messages")]
+    if idempotent:
+        ctes.append(
+            insert(IDEMPOTENCY)
+            .values({column.name: bindparam(f"k_{column.name}", type_=column.type) for column in IDEMPOTENCY.c})
+            .cte("turn_idempotency_key")
+        )
+    return (UPDATE_AFTER_TOOLS if tool_changes else UPDATE_AFTER_TURN).add_cte(*ctes)
 
 
 @dataclass(slots=True)
@@ -336,7 +378,8 @@ class Turns:
                     if effects.end_chat:
                         ending = await self._finish(conn, chat_id, now)
             else:
-                await run_unit(self.engine, write, write=True)
+                # On PostgreSQL the write is one statement: no transaction needed.
+                await run_unit(self.engine, write, write=True, one_statement=_one_statement(self.engine.dialect))
             if updated is not None:
                 jobs.committed(updated)
             if ending is not None:
