@@ -33,6 +33,7 @@ from jsonschema import Draft202012Validator
 from referencing.exceptions import Unresolvable
 
 from chatplane import outbound, signing
+from chatplane.providers.base import Message
 
 TRANSITION_PREFIX = "transition_to_"
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -169,11 +170,11 @@ def history_messages(role: str, content: str, tool_calls: list[dict[str, Any]] |
     """The model-facing messages of one stored message: itself, then (for an
     assistant message that called tools) one ``tool`` message per call."""
     if not tool_calls:
-        return [{"role": role, "content": content}]
+        return [Message(role=role, content=content)]
     calls = [{"id": c["id"], "type": "function", "function": c["function"]} for c in tool_calls]
     return [
-        {"role": role, "content": content, "tool_calls": calls},
-        *({"role": "tool", "tool_call_id": c["id"], "content": c["result"]["content"]} for c in tool_calls),
+        Message(role=role, content=content, tool_calls=calls),
+        *(Message(role="tool", tool_call_id=c["id"], content=c["result"]["content"]) for c in tool_calls),
     ]
 
 

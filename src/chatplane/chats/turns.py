@@ -52,6 +52,7 @@ from chatplane.models import (
     Workspace,
 )
 from chatplane.providers import ModelReply, ModelRequest, OnDelta, Registry
+from chatplane.providers.base import Message
 from chatplane.webhooks.events import wants
 
 # The per-process history cache holds at most this many model-facing
@@ -337,7 +338,8 @@ class Turns:
             started = utcnow()
             versions = Versions(agent=row.agent_config, llm=row.llm_config)
             effects = tools.TurnEffects(state=row.current_state, collected=dict(row.collected_dynamic_variables or {}))
-            replies = await self._converse(row, versions, history.messages, content, effects, started, on_delta)
+            asked = Message(role="user", content=content)
+            replies = await self._converse(row, versions, history.messages, asked, effects, started, on_delta)
 
             seq = row.message_count
             user = {
@@ -386,7 +388,7 @@ class Turns:
                 jobs.committed(ending)
                 self.forget(chat_id)
             else:
-                history.messages.append({"role": "user", "content": content})
+                history.messages.append(asked)
                 for agent in agents:
                     history.messages.extend(tools.history_messages("assistant", agent["content"], agent["tool_calls"]))
                 history.rows += 1 + len(agents)
@@ -398,7 +400,7 @@ class Turns:
         row: Any,
         versions: Versions,
         history: list[dict[str, Any]],
-        content: str,
+        asked: Message,
         effects: tools.TurnEffects,
         started: datetime,
         on_delta: OnDelta | None,
@@ -408,7 +410,7 @@ class Turns:
         model = llm_config["model"]
         toolbox = tools.toolbox(llm_config, effects.state) if tools.has_tools(llm_config) else None
         system = _system_prompt(row, versions, now=started)
-        conversation = [*history, {"role": "user", "content": content}]
+        conversation = [*history, asked]
         replies: list[_Reply] = []
         context: tools.ChatContext | None = None
         while True:

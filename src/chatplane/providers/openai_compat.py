@@ -23,7 +23,15 @@ import openai
 from openai import AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from chatplane.providers.base import ModelReply, ModelRequest, OnDelta, ProviderError, ProviderTimeout
+from chatplane.providers.base import (
+    ModelReply,
+    ModelRequest,
+    OnDelta,
+    ProviderError,
+    ProviderTimeout,
+    dumps,
+    messages_json,
+)
 from chatplane.settings import Provider
 
 
@@ -59,7 +67,7 @@ class OpenAICompatible:
             if on_delta is None:
                 # The raw response, read with json.loads: building the typed
                 # ChatCompletion cost a tenth of a turn's CPU.
-                raw = await self.client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
+                raw = await self.client.post("/chat/completions", content=_body(kwargs), cast_to=httpx2.Response)
                 return self._reply(json.loads(raw.content))
             return await self._stream(kwargs, on_delta)
         except openai.APITimeoutError as exc:
@@ -103,7 +111,7 @@ class OpenAICompatible:
     async def _stream(self, kwargs: dict[str, Any], on_delta: OnDelta) -> ModelReply:
         stream = await self.client.post(
             "/chat/completions",
-            body={**kwargs, "stream": True, "stream_options": {"include_usage": True}},
+            content=_body({**kwargs, "stream": True, "stream_options": {"include_usage": True}}),
             cast_to=ChatCompletion,
             stream=True,
             stream_cls=AsyncStream[ChatCompletionChunk],
@@ -138,6 +146,13 @@ class OpenAICompatible:
         if not reply.completion_tokens:
             reply.completion_tokens = len(parts)
         return reply
+
+
+def _body(kwargs: dict[str, Any]) -> bytes:
+    """The request body, encoded here: the client sends bytes as they are, and
+    the history's messages bring their JSON with them (``Message``)."""
+    head = dumps({key: value for key, value in kwargs.items() if key != "messages"})
+    return f'{head[:-1]},"messages":{messages_json(kwargs["messages"])}}}'.encode()
 
 
 def _dropped(exc: BaseException) -> bool:
