@@ -33,7 +33,7 @@ def run_in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaita
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
+    from chatplane import serve
 
     migrate(settings)
     bootstrap_key = settings.bootstrap_api_key.get_secret_value() if settings.bootstrap_api_key else None
@@ -49,16 +49,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     print(f"chatplane listening on http://{host}:{port}  (database: {_safe_url(settings)})", flush=True)
-    uvicorn.run(
-        "chatplane.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,
-    )
-    return 0
+    return serve.run(host, port, args.workers, args.log_level)
 
 
 def _safe_url(settings: Settings) -> str:
