@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -27,24 +28,16 @@ def pg_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     dispose_settings(settings)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order(kind: str, tmp_path: Path) -> None:
+def _with_locks(kind: str, tmp_path: Path, scenario: Callable[[TurnLocks], Awaitable[None]]) -> None:
+    """Run ``scenario`` with one process's ``TurnLocks`` on ``kind``; then
+    nothing may be left behind: no release pending, no queue entry."""
     settings = fresh_settings(kind, tmp_path)
 
-    async def scenario() -> None:
+    async def main() -> None:
         engine = create_engine(settings)
         locks = TurnLocks(engine, lock_file=tmp_path / "turns.lock" if kind == "sqlite" else None)
         try:
-            ran: list[int] = []
-
-            async def turn(i: int) -> None:
-                async with locks.hold("chat_a"):
-                    ran.append(i)
-                    await asyncio.sleep(0.002)  # yield while holding: nobody may slip in
-                    ran.append(i)
-
-            await asyncio.gather(*(turn(i) for i in range(20)))
-            assert ran == [i for i in range(20) for _ in (0, 1)]  # whole turns, in order
+            await scenario(locks)
             await locks.settled()
             assert locks._local == {}
         finally:
@@ -52,9 +45,26 @@ def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order(kind: str, tmp_pat
             await engine.dispose()
 
     try:
-        asyncio.run(scenario())
+        asyncio.run(main())
     finally:
         dispose_settings(settings)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order(kind: str, tmp_path: Path) -> None:
+    async def scenario(locks: TurnLocks) -> None:
+        ran: list[int] = []
+
+        async def turn(i: int) -> None:
+            async with locks.hold("chat_a"):
+                ran.append(i)
+                await asyncio.sleep(0.002)  # yield while holding: nobody may slip in
+                ran.append(i)
+
+        await asyncio.gather(*(turn(i) for i in range(20)))
+        assert ran == [i for i in range(20) for _ in (0, 1)]  # whole turns, in order
+
+    _with_locks(kind, tmp_path, scenario)
 
 
 def test_another_process_waits_for_the_advisory_lock_until_it_is_let_go(pg_settings) -> None:  # type: ignore[no-untyped-def]
@@ -155,38 +165,25 @@ def test_a_lost_lock_connection_is_logged_and_the_chat_stays_usable(  # type: ig
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_turn_cancelled_while_it_waits_leaves_the_queue_intact(kind: str, tmp_path: Path) -> None:
-    settings = fresh_settings(kind, tmp_path)
+    async def scenario(locks: TurnLocks) -> None:
+        leave = asyncio.Event()
+        ran: list[str] = []
 
-    async def scenario() -> None:
-        engine = create_engine(settings)
-        locks = TurnLocks(engine, lock_file=tmp_path / "turns.lock" if kind == "sqlite" else None)
-        try:
-            leave = asyncio.Event()
-            ran: list[str] = []
+        async def turn(name: str, wait: asyncio.Event | None = None) -> None:
+            async with locks.hold("chat_f"):
+                ran.append(name)
+                if wait is not None:
+                    await wait.wait()
 
-            async def turn(name: str, wait: asyncio.Event | None = None) -> None:
-                async with locks.hold("chat_f"):
-                    ran.append(name)
-                    if wait is not None:
-                        await wait.wait()
+        head = asyncio.create_task(turn("head", leave))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(turn("gone"))  # a client that hangs up while queued
+        last = asyncio.create_task(turn("last"))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        leave.set()
+        await asyncio.wait_for(asyncio.gather(head, last), 5)
+        assert gone.cancelled()
+        assert ran == ["head", "last"]
 
-            head = asyncio.create_task(turn("head", leave))
-            await asyncio.sleep(0.05)
-            gone = asyncio.create_task(turn("gone"))  # a client that hangs up while queued
-            last = asyncio.create_task(turn("last"))
-            await asyncio.sleep(0.05)
-            gone.cancel()
-            leave.set()
-            await asyncio.wait_for(asyncio.gather(head, last), 5)
-            assert gone.cancelled()
-            assert ran == ["head", "last"]
-            await locks.settled()
-            assert locks._local == {}
-        finally:
-            await locks.aclose()
-            await engine.dispose()
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        dispose_settings(settings)
+    _with_locks(kind, tmp_path, scenario)
