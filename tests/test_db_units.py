@@ -10,11 +10,17 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from chatplane.chats.turns import _write_turn
+from chatplane.chats.turns import (
+    MESSAGES,
+    READ_CHAT,
+    READ_HISTORY,
+    READ_IDEMPOTENT,
+    _write_turn,
+)
 from chatplane.db import create_engine, migrate, run_unit
 from chatplane.models import Workspace
 from chatplane.testing import Reply
-from tests.chat_helpers import make_chat, say
+from tests.chat_helpers import make_agent, make_chat, make_llm, say
 from tests.conftest import (
     BACKENDS,
     Api,
@@ -146,3 +152,40 @@ def test_a_turn_is_written_whole_or_not_at_all(api: Api, model: ScriptedModel) -
     asyncio.run(write({**taken, "key": "k-free"}))  # the same write, whole
     written = api.get(f"/api/chats/{chat['chatId']}").json()["messages"][seq:]
     assert [m["messageId"] for m in written] == ["msg_unit_0", "msg_unit_1"]
+
+
+def test_a_read_unit_reads_what_sqlalchemy_reads(api: Api, model: ScriptedModel) -> None:
+    """On PostgreSQL a read unit's statements go straight to asyncpg: the rows
+    must be the ones SQLAlchemy gives (names, JSON, aware UTC times)."""
+    chat = make_chat(api, make_agent(api, make_llm(api, begin_message="Hello there")))
+    model.push(Reply("sure"))
+    assert say(api, chat["chatId"], "héllo", headers={"Idempotency-Key": "k-read"}).status_code == 201
+    params = {"chat_id": chat["chatId"], "workspace_id": api.ws, "from_seq": 0, "key": "k-read"}
+
+    def read(conn):  # type: ignore[no-untyped-def]
+        return (
+            conn.execute(READ_CHAT, params).one_or_none(),
+            conn.execute(READ_HISTORY, params).all(),
+            conn.execute(READ_IDEMPOTENT, params).one(),
+            conn.execute(READ_IDEMPOTENT, {**params, "key": "k-none"}).one_or_none(),
+            conn.scalar(select(func.count()).select_from(MESSAGES).where(MESSAGES.c.chat_id == chat["chatId"])),
+        )
+
+    async def both():  # type: ignore[no-untyped-def]
+        engine = create_engine(api.backend.settings)
+        try:
+            unit = await run_unit(engine, read, write=False)
+            async with engine.connect() as conn:
+                return unit, await conn.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    unit, through_sqlalchemy = asyncio.run(both())
+    chat_row, history, answer, missing, count = unit
+    assert chat_row._fields == through_sqlalchemy[0]._fields
+    assert tuple(chat_row) == tuple(through_sqlalchemy[0])
+    assert chat_row.started_at.tzinfo is not None and chat_row.llm_config["begin_message"] == "Hello there"
+    assert [tuple(r) for r in history] == [tuple(r) for r in through_sqlalchemy[1]]
+    assert [r.content for r in history] == ["Hello there", "héllo", "sure"]
+    assert tuple(answer) == tuple(through_sqlalchemy[2]) and answer.response["messages"][0]["content"] == "sure"
+    assert missing is None and count == 3 == through_sqlalchemy[4]
