@@ -189,3 +189,29 @@ def test_a_read_unit_reads_what_sqlalchemy_reads(api: Api, model: ScriptedModel)
     assert [r.content for r in history] == ["Hello there", "héllo", "sure"]
     assert tuple(answer) == tuple(through_sqlalchemy[2]) and answer.response["messages"][0]["content"] == "sure"
     assert missing is None and count == 3 == through_sqlalchemy[4]
+
+
+def test_a_read_unit_on_a_dead_postgresql_connection_fails_once(tmp_path: Path) -> None:
+    """A pooled connection whose backend went away (a restart, a cut) fails the
+    read that finds it, and is not handed out again."""
+    settings = fresh_settings("postgresql", tmp_path, db_pool_size=1)
+
+    async def scenario() -> None:
+        engine, other = create_engine(settings), create_engine(settings)
+        pid = text("SELECT pg_backend_pid()")
+        try:
+            first = await run_unit(engine, lambda conn: conn.scalar(pid), write=False)
+            async with other.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            with pytest.raises(Exception):  # noqa: B017, PT011 - asyncpg's own, whichever it is
+                await run_unit(engine, lambda conn: conn.scalar(pid), write=False)
+            second = await run_unit(engine, lambda conn: conn.scalar(pid), write=False)
+            assert second != first
+        finally:
+            await engine.dispose()
+            await other.dispose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        dispose_settings(settings)

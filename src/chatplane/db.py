@@ -147,7 +147,12 @@ async def run_unit(
             # Reads go straight to asyncpg: see _Asyncpg.
             async with engine.connect() as conn:
                 driver = (await conn.get_raw_connection()).driver_connection
-                return await greenlet_spawn(work, _Asyncpg(driver, engine.dialect))
+                try:
+                    return await greenlet_spawn(work, _Asyncpg(driver, engine.dialect))
+                except BaseException:
+                    if driver.is_closed():  # SQLAlchemy did not see it die: keep it out of the pool
+                        await conn.invalidate()
+                    raise
         if not one_statement:
             async with engine.begin() as conn:
                 return await conn.run_sync(work)
