@@ -137,28 +137,27 @@ async def run_unit(
     aiosqlite crosses threads three or four times each (~300 us of wall time
     per statement measured here, most of a chat turn's overhead). The pooled
     connection is held meanwhile, so nothing else uses it. On PostgreSQL a
-    write is ``AsyncConnection.run_sync`` in a transaction (or in autocommit),
-    and a read gets a connection that sends its statements straight to
-    asyncpg (``_Asyncpg``: ``execute(...)`` with ``one``, ``one_or_none``,
-    ``all``, ``scalar``, and ``scalar(...)``; no expanding ``IN`` parameters).
+    write of several statements is ``AsyncConnection.run_sync`` in a
+    transaction; a read, or a write of one statement, gets a connection that
+    sends its statements straight to asyncpg outside any transaction
+    (``_Asyncpg``: ``execute(...)`` with ``one``, ``one_or_none``, ``all``,
+    ``scalar``, and ``scalar(...)``; no expanding ``IN`` parameters; errors
+    are asyncpg's own).
     """
     if engine.dialect.name != "sqlite":
-        if not write:
-            # Reads go straight to asyncpg: see _Asyncpg.
-            async with engine.connect() as conn:
-                driver = (await conn.get_raw_connection()).driver_connection
-                try:
-                    return await greenlet_spawn(work, _Asyncpg(driver, engine.dialect))
-                except BaseException:
-                    if driver.is_closed():  # SQLAlchemy did not see it die: keep it out of the pool
-                        await conn.invalidate()
-                    raise
-        if not one_statement:
+        if write and not one_statement:
             async with engine.begin() as conn:
                 return await conn.run_sync(work)
+        # Outside a transaction (reads, and a write that is one statement):
+        # straight to asyncpg, see _Asyncpg.
         async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return await conn.run_sync(work)
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:
+                return await greenlet_spawn(work, _Asyncpg(driver, engine.dialect))
+            except BaseException:
+                if driver.is_closed():  # SQLAlchemy did not see it die: keep it out of the pool
+                    await conn.invalidate()
+                raise
 
     async with engine.connect() as conn:
         driver = (await conn.get_raw_connection()).driver_connection  # aiosqlite.Connection
@@ -177,13 +176,14 @@ async def run_unit(
 
 
 class _Asyncpg:
-    """The part of a SQLAlchemy ``Connection`` a read unit uses, straight on asyncpg.
+    """The part of a SQLAlchemy ``Connection`` a unit uses, straight on asyncpg.
 
     Reading a chat row through SQLAlchemy's execute cost ~220 us of CPU against
     ~100 us for the same SQL on asyncpg (and the autocommit set-up of the pooled
     connection ~35 us more): on PostgreSQL, where every statement is a round
-    trip anyway, a read unit's statements are compiled by SQLAlchemy once and
-    then sent as they are. Outside a transaction, asyncpg runs each on its own.
+    trip anyway, the statements of reads and one-statement writes are compiled
+    by SQLAlchemy once and then sent as they are. Outside a transaction,
+    asyncpg runs each on its own.
     Results come back as named tuples (asyncpg already decodes JSON and aware
     UTC timestamps on SQLAlchemy's pooled connections). Runs inside
     ``greenlet_spawn``, so the unit's code stays synchronous, as on SQLite.
@@ -221,7 +221,7 @@ def _compiled(statement: Any, dialect: Dialect) -> Any:
         return found[1]
     compiled = statement.compile(dialect=dialect)
     if any(bind.expanding for bind in compiled.binds.values()) or compiled.literal_execute_params:
-        raise NotImplementedError("a read unit on PostgreSQL takes no expanding parameters")
+        raise NotImplementedError("a unit on asyncpg takes no expanding parameters")
     if len(_compiled_reads) >= 256:  # statements built on the fly (tests, tools): keep it bounded
         _compiled_reads.clear()
     _compiled_reads[id(statement)] = (statement, compiled)
