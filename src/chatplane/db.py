@@ -211,20 +211,20 @@ class _Asyncpg:
         return self.execute(statement, params).scalar()
 
 
-_compiled_reads: dict[int, tuple[Any, Any]] = {}  # id(statement) -> (statement, compiled)
+_compiled_statements: dict[int, tuple[Any, Any]] = {}  # id(statement) -> (statement, compiled)
 
 
 def _compiled(statement: Any, dialect: Dialect) -> Any:
     """The statement compiled for ``dialect``, once (the hot path's are built once, at import)."""
-    found = _compiled_reads.get(id(statement))
+    found = _compiled_statements.get(id(statement))
     if found is not None and found[0] is statement:
         return found[1]
     compiled = statement.compile(dialect=dialect)
     if any(bind.expanding for bind in compiled.binds.values()) or compiled.literal_execute_params:
         raise NotImplementedError("a unit on asyncpg takes no expanding parameters")
-    if len(_compiled_reads) >= 256:  # statements built on the fly (tests, tools): keep it bounded
-        _compiled_reads.clear()
-    _compiled_reads[id(statement)] = (statement, compiled)
+    if len(_compiled_statements) >= 256:  # statements built on the fly (tests, tools): keep it bounded
+        _compiled_statements.clear()
+    _compiled_statements[id(statement)] = (statement, compiled)
     return compiled
 
 
@@ -234,7 +234,7 @@ def _row_type(keys: tuple[str, ...]) -> Any:
 
 
 class _Rows(list[Any]):
-    """What a read unit asks of a result."""
+    """What a unit asks of a result."""
 
     def one_or_none(self) -> Any:
         if len(self) > 1:

@@ -41,6 +41,10 @@ def lock_key(chat_id: str) -> int:
 
 
 class _PgAdvisory:
+    # Letting go is a round trip to PostgreSQL: it happens after the turn's
+    # answer has gone out, not before.
+    release_later = True
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.conn: AsyncConnection | None = None
@@ -83,6 +87,8 @@ class _PgAdvisory:
 
 
 class _FileLocks:
+    release_later = False  # one system call
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -105,9 +111,6 @@ class TurnLocks:
     def __init__(self, engine: AsyncEngine, *, lock_file: Path | None) -> None:
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
         self._shared = _FileLocks(lock_file) if lock_file else _PgAdvisory(engine)
-        # Letting go of an advisory lock is a round trip to PostgreSQL: it
-        # happens after the turn's answer has gone out, not before.
-        self._release_later = isinstance(self._shared, _PgAdvisory)
         self._releasing: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
@@ -133,7 +136,7 @@ class TurnLocks:
         try:
             yield
         finally:
-            if self._release_later:
+            if self._shared.release_later:
                 # The process's next turn on this chat still waits for the
                 # release (it needs the local lock, let go only afterwards);
                 # only this turn's answer no longer does.
@@ -147,7 +150,7 @@ class TurnLocks:
         try:
             await self._shared.release(key)
         except Exception:
-            if not self._release_later:
+            if not self._shared.release_later:
                 raise
             # Nobody awaits this one. The connection that failed was closed,
             # and its advisory locks went with it.
