@@ -11,11 +11,14 @@ from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
+from chatplane.chats.locks import ChatRead, TurnLocks
 from chatplane.chats.turns import (
+    CHATS,
     MESSAGES,
     READ_CHAT,
     READ_HISTORY,
     READ_IDEMPOTENT,
+    _read,
     _write_turn,
 )
 from chatplane.db import create_engine, migrate, run_unit
@@ -195,7 +198,7 @@ def test_a_read_unit_reads_what_sqlalchemy_reads(api: Api, model: ScriptedModel)
 def test_a_read_unit_on_a_dead_postgresql_connection_fails_once(tmp_path: Path) -> None:
     """A pooled connection whose backend went away (a restart, a cut) fails the
     read that finds it, and is not handed out again."""
-    settings = fresh_settings("postgresql", tmp_path, db_pool_size=1)
+    settings = fresh_settings("postgresql", tmp_path)  # used one unit at a time: one connection
 
     async def scenario() -> None:
         engine, other = create_engine(settings), create_engine(settings)
@@ -216,3 +219,51 @@ def test_a_read_unit_on_a_dead_postgresql_connection_fails_once(tmp_path: Path) 
         asyncio.run(scenario())
     finally:
         dispose_settings(settings)
+
+
+def test_the_chat_a_turn_reads_under_its_lock_is_the_row_sqlalchemy_reads(api: Api, model: ScriptedModel) -> None:
+    """On PostgreSQL the chat comes back as JSON from the round trip that takes
+    the turn's lock (``chatplane_turn_locks``); turned back into a row it must
+    be READ_CHAT's, with its times (aware UTC), floats and JSON; the stored
+    answer of an Idempotency-Key as well. On SQLite the same read is a unit."""
+    chat = make_chat(api, make_agent(api, make_llm(api, begin_message="Hello there")))
+    model.push(Reply("sure"))
+    assert say(api, chat["chatId"], "héllo", headers={"Idempotency-Key": "k-lock"}).status_code == 201
+    settings = api.backend.settings
+
+    async def both():  # type: ignore[no-untyped-def]
+        engine = create_engine(settings)
+        async with engine.begin() as conn:  # every kind of column filled, a whole-number float too
+            await conn.execute(CHATS.update().where(CHATS.c.id == chat["chatId"]).values(
+                combined_cost=2.0, user_sentiment="Positive", chat_successful=True, ended_at=AT,
+                chat_cost={"combined_cost": 2.0}, current_state="warm",
+            ))
+        lock_file = settings.sqlite_path.with_suffix(".turnlocks") if settings.is_sqlite else None
+        locks = TurnLocks(engine, lock_file=lock_file)
+        try:
+            reads = []
+            for key in ("k-lock", "k-none", None):
+                to_read = ChatRead(chat["chatId"], api.ws, key) if locks.reads_with_lock else None
+                async with locks.hold(chat["chatId"], to_read) as found:
+                    reads.append(await _read(engine, found, chat["chatId"], api.ws, key, 0))
+            async with locks.hold(chat["chatId"], ChatRead(chat["chatId"], api.ws + 1000, None)
+                                  if locks.reads_with_lock else None) as found:
+                elsewhere = await _read(engine, found, chat["chatId"], api.ws + 1000, None, 0)
+            async with engine.connect() as conn:
+                params = {"chat_id": chat["chatId"], "workspace_id": api.ws, "key": "k-lock"}
+                row = (await conn.execute(READ_CHAT, params)).one()
+                earlier = (await conn.execute(READ_IDEMPOTENT, params)).one()
+            return reads, elsewhere, row, earlier
+        finally:
+            await locks.aclose()
+            await engine.dispose()
+
+    (replay, fresh, plain), elsewhere, row, earlier = asyncio.run(both())
+    for read in (replay, fresh, plain):
+        assert read.chat._fields == row._fields
+        assert tuple(read.chat) == tuple(row)
+    assert isinstance(replay.chat.combined_cost, float) and replay.chat.ended_at == AT
+    assert replay.chat.started_at.tzinfo is not None and replay.chat.llm_config["begin_message"] == "Hello there"
+    assert tuple(replay.earlier) == tuple(earlier) and replay.earlier.response["messages"][0]["content"] == "sure"
+    assert fresh.earlier is None and plain.earlier is None
+    assert elsewhere.chat is None  # another workspace's chat is not found

@@ -17,13 +17,14 @@ import pytest
 from sqlalchemy import text
 
 from chatplane.chats.locks import TurnLocks, lock_key
-from chatplane.db import create_engine
+from chatplane.db import create_engine, migrate
 from tests.conftest import dispose_settings, fresh_settings
 
 
 @pytest.fixture
 def pg_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = fresh_settings("postgresql", tmp_path)
+    migrate(settings)  # the locks are taken by a function of the schema's
     yield settings
     dispose_settings(settings)
 
@@ -32,6 +33,7 @@ def _with_locks(kind: str, tmp_path: Path, scenario: Callable[[TurnLocks], Await
     """Run ``scenario`` with one process's ``TurnLocks`` on ``kind``; then
     nothing may be left behind: no release pending, no queue entry."""
     settings = fresh_settings(kind, tmp_path)
+    migrate(settings)
 
     async def main() -> None:
         engine = create_engine(settings)
@@ -107,28 +109,68 @@ def test_another_process_waits_for_the_advisory_lock_until_it_is_let_go(pg_setti
     asyncio.run(scenario())
 
 
-def test_the_advisory_lock_is_let_go_after_the_turn_and_before_the_next_one(pg_settings) -> None:  # type: ignore[no-untyped-def]
-    async def held_by_anyone(engine, key_of: str) -> bool:  # type: ignore[no-untyped-def]
-        async with engine.connect() as conn:
-            return bool(await conn.scalar(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND ((classid::bigint << 32) | objid::bigint) = (:key)::bigint"
-            ), {"key": key_of}))
+async def _held_by_anyone(engine, chat_id: str) -> int:  # type: ignore[no-untyped-def]
+    """How many times the chat's advisory lock is held (PostgreSQL counts a session's holds)."""
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text(
+            "SELECT coalesce(sum(1), 0) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = (:key)::bigint"
+        ), {"key": lock_key(chat_id)}))
+
+
+def test_the_advisory_lock_is_let_go_after_the_turn_without_holding_up_the_next(pg_settings) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        engines = [create_engine(pg_settings), create_engine(pg_settings)]
+        locks, other = (TurnLocks(engine, lock_file=None) for engine in engines)
+        try:
+            async with locks.hold("chat_d"):
+                assert await _held_by_anyone(engines[0], "chat_d") == 1
+            # Let go in the background: the answer does not wait for it, nor
+            # does the process's next turn on the chat (the lock is held twice
+            # for a moment, and let go twice).
+            async with locks.hold("chat_d"):
+                await locks.settled()
+                assert await _held_by_anyone(engines[0], "chat_d") == 1
+                got, _ = await asyncio.wait_for(other._shared.try_acquire(lock_key("chat_d")), 5)
+                assert not got  # another process does not get it meanwhile
+            await locks.settled()
+            assert await _held_by_anyone(engines[0], "chat_d") == 0
+            async with asyncio.timeout(5), other.hold("chat_d"):  # another process gets it now
+                pass
+        finally:
+            for each in (locks, other):
+                await each.aclose()
+            for engine in engines:
+                await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_many_turns_share_round_trips_and_each_reads_its_own_chat_under_its_lock(pg_settings) -> None:  # type: ignore[no-untyped-def]
+    from chatplane.chats.locks import ChatRead
 
     async def scenario() -> None:
         engine = create_engine(pg_settings)
         locks = TurnLocks(engine, lock_file=None)
-        key = lock_key("chat_d")
+        sent: list[int] = []
+        send = locks._shared._send
+
+        async def counting(releases, asked):  # type: ignore[no-untyped-def]
+            sent.append(len(asked))
+            return await send(releases, asked)
+
+        locks._shared._send = counting
         try:
-            async with locks.hold("chat_d"):
-                assert await held_by_anyone(engine, key)
-            # Let go in the background: the answer does not wait for it...
-            assert locks._releasing
-            # ...but the next turn on the chat in this process does.
-            async with locks.hold("chat_d"):
-                assert await held_by_anyone(engine, key)
+            async def turn(i: int) -> None:
+                # No such chats: each finds nothing (its own answer), under its own lock.
+                async with locks.hold(f"chat_{i}", ChatRead(f"chat_{i}", 1, None)) as found:
+                    assert found["got"] and found["chat"] is None
+                    assert await _held_by_anyone(engine, f"chat_{i}") == 1
+
+            await asyncio.gather(*(turn(i) for i in range(30)))
             await locks.settled()
-            assert not await held_by_anyone(engine, key)
+            assert sum(sent) == 30 and len(sent) < 30  # batched
+            assert all([await _held_by_anyone(engine, f"chat_{i}") == 0 for i in range(30)])
         finally:
             await locks.aclose()
             await engine.dispose()

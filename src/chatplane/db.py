@@ -70,9 +70,10 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     if not url.startswith("sqlite"):
         if not pooled:
             return create_async_engine(url, poolclass=NullPool)
-        return create_async_engine(
-            url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size
-        )
+        # Every connection is kept: the pool closes an overflow connection
+        # when it is returned, and under load that meant a new connection
+        # (and a new backend) every few turns.
+        return create_async_engine(url, pool_size=settings.db_pool_size, max_overflow=0)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # One connection per process: several pooled SQLite connections in one

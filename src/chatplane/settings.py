@@ -144,7 +144,10 @@ class Settings(BaseSettings):
         ),
     )
     db_pool_size: int = Field(
-        default=10, ge=1, description="Connections per process on PostgreSQL (SQLite uses one)."
+        default=20,
+        ge=2,
+        description="Connections per process on PostgreSQL, kept open once made; one of them holds "
+        "the process's turn locks (SQLite uses one).",
     )
     bootstrap_api_key: SecretStr | None = Field(
         default=None,

@@ -5,16 +5,19 @@ order they reach it (asyncio locks are FIFO), so only the head of each chat's
 queue ever touches the cross-process layer. Across processes:
 
 - PostgreSQL: a session-level advisory lock per chat, taken with
-  ``pg_try_advisory_lock`` on one dedicated connection per process. Nothing
-  waits on the database (no connection is held per waiting request); if the
-  process dies, its connection closes and its locks go with it.
+  ``pg_try_advisory_lock`` on one dedicated connection per process, in the
+  same round trip that reads the chat under it (``chatplane_turn_locks``,
+  batched: see ``_PgAdvisory``). Nothing waits on the database (no
+  connection is held per waiting request); if the process dies, its
+  connection closes and its locks go with it.
 - SQLite: a POSIX byte-range lock per chat on a lock file beside the
   database, which the kernel drops when the process dies.
 
 The head of a queue polls the cross-process lock with a short backoff; that
 only happens when two processes serve the same chat at the same moment.
 An advisory lock is let go after the turn has answered (its round trip is
-not the client's to wait for); the process's next turn on the chat waits.
+not the client's to wait for, nor the process's next turn's on the chat:
+PostgreSQL counts a session's holds of one key).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,37 +44,118 @@ def lock_key(chat_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(chat_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
+@dataclass(frozen=True, slots=True)
+class ChatRead:
+    """What a turn reads in the round trip that takes its lock (PostgreSQL)."""
+
+    chat_id: str
+    workspace_id: int
+    idempotency_key: str | None
+
+
+@dataclass(slots=True)
+class _Asked:
+    key: int
+    read: ChatRead | None
+    future: asyncio.Future[tuple[bool, Any]]
+    retried: bool = False
+
+
+# Migration 0007: lets go of the first array's locks, tries the second's, and
+# for each lock got (and chat asked for) reads the chat under it.
+_TURN_LOCKS = "SELECT got, chat, earlier FROM chatplane_turn_locks($1, $2, $3, $4, $5)"
+
+
 class _PgAdvisory:
-    # Letting go is a round trip to PostgreSQL: it happens after the turn's
-    # answer has gone out, not before.
-    release_later = True
+    """Session-level advisory locks on one connection of the process's own,
+    asked for in batches: whatever releases and acquisitions are waiting when
+    the connection is free go out as one statement (``chatplane_turn_locks``),
+    and a turn's chat is read in that same round trip, under its lock.
+
+    Letting go is queued, not awaited: the turn's answer
+    does not wait for it, and the process's next turn on the chat need not
+    either, because PostgreSQL counts a session's locks on one key (taken
+    twice, let go twice). Under load, the releases ride along with the next
+    acquisitions.
+    """
+
+    reads_with_lock = True
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.conn: AsyncConnection | None = None
         self.raw: Any = None
-        self.mutex = asyncio.Lock()
+        self._releases: list[tuple[int, str]] = []  # (key, chat id)
+        self._asked: list[_Asked] = []
+        self._driver: asyncio.Task[None] | None = None
 
-    async def _execute(self, sql: str, key: int) -> bool:
-        async with self.mutex:
-            if self.conn is None or self.conn.closed:
-                self.conn = await self.engine.connect()
-                await self.conn.execution_options(isolation_level="AUTOCOMMIT")
-                # Two tiny statements per turn: straight to asyncpg, which
-                # costs a fifth of going through SQLAlchemy's execute.
-                self.raw = (await self.conn.get_raw_connection()).driver_connection
-            try:
-                return bool(await self.raw.fetchval(sql, key))
-            except Exception:
-                # A broken connection lost its locks with it; start afresh.
-                await self._reset()
-                raise
+    async def try_acquire(self, key: int, read: ChatRead | None = None) -> tuple[bool, Any]:
+        future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        self._asked.append(_Asked(key, read, future))
+        self._kick()
+        return await future
 
-    async def try_acquire(self, key: int) -> bool:
-        return await self._execute("SELECT pg_try_advisory_lock($1)", key)
+    async def release(self, key: int, chat_id: str) -> None:
+        self._releases.append((key, chat_id))
+        self._kick()
 
-    async def release(self, key: int) -> None:
-        await self._execute("SELECT pg_advisory_unlock($1)", key)
+    def _kick(self) -> None:
+        if self._driver is None:
+            self._driver = asyncio.create_task(self._drive())
+
+    async def _drive(self) -> None:
+        try:
+            while self._releases or self._asked:
+                releases, self._releases = self._releases, []
+                asked, self._asked = self._asked, []
+                try:
+                    rows = await self._send(releases, asked)
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting turn
+                    await self._fail(releases, asked, exc)
+                    continue
+                except BaseException:
+                    for one in asked:
+                        one.future.cancel()
+                    raise
+                for one, row in zip(asked, rows, strict=True):
+                    if one.future.done():  # its turn was cancelled meanwhile: nobody holds this lock
+                        if row["got"]:
+                            self._releases.append((one.key, one.read.chat_id if one.read else ""))
+                        continue
+                    one.future.set_result((row["got"], row))
+        finally:
+            self._driver = None
+
+    async def _send(self, releases: list[tuple[int, str]], asked: list[_Asked]) -> list[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = await self.engine.connect()
+            await self.conn.execution_options(isolation_level="AUTOCOMMIT")
+            # Straight to asyncpg: one small statement per batch.
+            self.raw = (await self.conn.get_raw_connection()).driver_connection
+        reads = [one.read for one in asked]
+        return await self.raw.fetch(
+            _TURN_LOCKS,
+            [key for key, _ in releases],
+            [one.key for one in asked],
+            [read.chat_id if read else None for read in reads],
+            [read.workspace_id if read else None for read in reads],
+            [read.idempotency_key if read else None for read in reads],
+        )
+
+    async def _fail(self, releases: list[tuple[int, str]], asked: list[_Asked], exc: Exception) -> None:
+        # A broken connection lost its locks with it: the releases are moot,
+        # and the acquisitions are tried once more on a new connection.
+        await self._reset()
+        for _, chat_id in releases:
+            logger.warning("letting go of the turn lock of %s failed", chat_id, exc_info=exc)
+        for one in asked:
+            if one.future.done():
+                continue
+            if one.retried:
+                one.future.set_exception(exc)
+            else:
+                one.retried = True
+                self._asked.append(one)
 
     async def _reset(self) -> None:
         if self.conn is not None:
@@ -81,27 +166,34 @@ class _PgAdvisory:
         self.conn = None
         self.raw = None
 
+    async def settled(self) -> None:
+        while self._driver is not None:
+            await asyncio.wait([self._driver])
+
     async def aclose(self) -> None:
-        async with self.mutex:
-            await self._reset()
+        await self.settled()
+        await self._reset()
 
 
 class _FileLocks:
-    release_later = False  # one system call
+    reads_with_lock = False  # a system call; the turn reads after it
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
-    async def try_acquire(self, key: int) -> bool:
+    async def try_acquire(self, key: int, read: ChatRead | None = None) -> tuple[bool, None]:
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, key)
         except (BlockingIOError, PermissionError):
-            return False
-        return True
+            return False, None
+        return True, None  # reads nothing: the turn reads after
 
-    async def release(self, key: int) -> None:
+    async def release(self, key: int, chat_id: str) -> None:
         fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, key)
+
+    async def settled(self) -> None:
+        pass
 
     async def aclose(self) -> None:
         os.close(self.fd)
@@ -111,10 +203,16 @@ class TurnLocks:
     def __init__(self, engine: AsyncEngine, *, lock_file: Path | None) -> None:
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
         self._shared = _FileLocks(lock_file) if lock_file else _PgAdvisory(engine)
-        self._releasing: set[asyncio.Task[None]] = set()
+
+    @property
+    def reads_with_lock(self) -> bool:
+        """Whether ``hold(chat_id, read)`` reads the chat in the lock's round trip."""
+        return self._shared.reads_with_lock
 
     @asynccontextmanager
-    async def hold(self, chat_id: str) -> AsyncIterator[None]:
+    async def hold(self, chat_id: str, read: ChatRead | None = None) -> AsyncIterator[Any]:
+        """Hold the chat's turn lock; yields what ``read`` found under it (a row
+        of ``got, chat, earlier``) where ``reads_with_lock``, else None."""
         lock, users = self._local.get(chat_id, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
@@ -127,36 +225,23 @@ class TurnLocks:
         try:
             key = lock_key(chat_id)
             wait = 0.001
-            while not await self._shared.try_acquire(key):
+            while True:
+                got, found = await self._shared.try_acquire(key, read)
+                if got:
+                    break
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, _MAX_WAIT_S)
         except BaseException:
             self._let_go(chat_id, lock)
             raise
         try:
-            yield
+            yield found
         finally:
-            if self._shared.release_later:
-                # The process's next turn on this chat still waits for the
-                # release (it needs the local lock, let go only afterwards);
-                # only this turn's answer no longer does.
-                task = asyncio.create_task(self._release(chat_id, lock, key))
-                self._releasing.add(task)
-                task.add_done_callback(self._releasing.discard)
-            else:
-                await self._release(chat_id, lock, key)
-
-    async def _release(self, chat_id: str, lock: asyncio.Lock, key: int) -> None:
-        try:
-            await self._shared.release(key)
-        except Exception:
-            if not self._shared.release_later:
-                raise
-            # Nobody awaits this one. The connection that failed was closed,
-            # and its advisory locks went with it.
-            logger.warning("letting go of the turn lock of %s failed", chat_id, exc_info=True)
-        finally:
-            self._let_go(chat_id, lock)
+            try:
+                # PostgreSQL: queued, sent after the answer has gone out.
+                await self._shared.release(key, chat_id)
+            finally:
+                self._let_go(chat_id, lock)
 
     def _let_go(self, chat_id: str, lock: asyncio.Lock) -> None:
         lock.release()
@@ -171,8 +256,7 @@ class TurnLocks:
 
     async def settled(self) -> None:
         """Wait for the releases still going out."""
-        while self._releasing:
-            await asyncio.gather(*self._releasing, return_exceptions=True)
+        await self._shared.settled()
 
     async def aclose(self) -> None:
         await self.settled()

@@ -17,22 +17,24 @@ the end of the chat) is written in the same transaction as the messages.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import Update, bindparam, func, insert, select, update
+from sqlalchemy import Float, Update, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chatplane import jobs
 from chatplane.chats import lifecycle, tools
-from chatplane.chats.locks import TurnLocks
+from chatplane.chats.locks import ChatRead, TurnLocks
 from chatplane.chats.prompt import render
 from chatplane.chats.service import (
     Versions,
@@ -40,7 +42,7 @@ from chatplane.chats.service import (
     chat_not_found,
     chat_variables,
 )
-from chatplane.db import run_unit, utcnow
+from chatplane.db import UTCDateTime, run_unit, utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import (
@@ -160,12 +162,72 @@ def _read_turn(
         earlier = conn.execute(READ_IDEMPOTENT, {"chat_id": chat_id, "key": idempotency_key}).one_or_none()
         if earlier is not None:
             return _Read(chat, earlier)
-    if chat.status != "ongoing" or cached_rows == chat.message_count:
+    start = _history_from(chat, cached_rows)
+    if start is None:
         return _Read(chat)
+    return _Read(chat, history_from=start, history_rows=_read_history(conn, chat_id, start))
+
+
+def _history_from(chat: Any, cached_rows: int) -> int | None:
+    """The seq from which to read the history to bring the cache up to date,
+    or None when it is (or the chat takes no more turns)."""
+    if chat.status != "ongoing" or cached_rows == chat.message_count:
+        return None
     # Another process wrote to this chat since (or the cache is cold): top up.
-    start = cached_rows if cached_rows < chat.message_count else 0
-    rows = conn.execute(READ_HISTORY, {"chat_id": chat_id, "from_seq": start}).all()
-    return _Read(chat, history_from=start, history_rows=rows)
+    return cached_rows if cached_rows < chat.message_count else 0
+
+
+def _read_history(conn: Connection, chat_id: str, start: int) -> list[Any]:
+    return conn.execute(READ_HISTORY, {"chat_id": chat_id, "from_seq": start}).all()
+
+
+# PostgreSQL reads the chat in the round trip that takes its turn lock
+# (``locks.ChatRead``), as JSON (``row_to_json``): turned back into the row
+# READ_CHAT gives, with its times and floats.
+_CHAT_FIELDS = tuple(column.name for column in READ_CHAT.selected_columns)
+_ChatRow = collections.namedtuple("_ChatRow", _CHAT_FIELDS, rename=True)  # type: ignore[misc]
+_Earlier = collections.namedtuple("_Earlier", ["request_hash", "response"])
+
+
+def _from_json(column: Any) -> Callable[[Any], Any] | None:
+    if isinstance(column.type, UTCDateTime):
+        return lambda value: datetime.fromisoformat(value).astimezone(UTC)
+    if isinstance(column.type, Float):
+        return float
+    return None
+
+
+_DECODE = [(name, _from_json(column)) for name, column in zip(_CHAT_FIELDS, READ_CHAT.selected_columns, strict=True)]
+
+
+def _read_with_lock(found: Any) -> _Read:
+    """``_Read`` of what the lock's round trip found (the history aside)."""
+    chat = found["chat"]
+    if chat is None:
+        return _Read(None)
+    row = _ChatRow._make(
+        decode(chat[name]) if decode is not None and chat[name] is not None else chat[name]
+        for name, decode in _DECODE
+    )
+    earlier = found["earlier"]
+    return _Read(row, _Earlier(earlier["request_hash"], earlier["response"]) if earlier is not None else None)
+
+
+async def _read(
+    engine: AsyncEngine, found: Any, chat_id: str, workspace_id: int, idempotency_key: str | None, cached_rows: int
+) -> _Read:
+    """What the turn reads under its lock: ``found`` by the lock itself (PostgreSQL),
+    else all of it now."""
+    if found is None:
+        return await run_unit(
+            engine, lambda conn: _read_turn(conn, chat_id, workspace_id, idempotency_key, cached_rows), write=False
+        )
+    read = _read_with_lock(found)
+    start = None if read.chat is None or read.earlier else _history_from(read.chat, cached_rows)
+    if start is not None:  # the cache is behind: the history's rest
+        read.history_from = start
+        read.history_rows = await run_unit(engine, lambda conn: _read_history(conn, chat_id, start), write=False)
+    return read
 
 
 def _top_up(cached: _History | None, read: _Read) -> _History:
@@ -311,16 +373,13 @@ class Turns:
         on_delta: OnDelta | None = None,
     ) -> TurnAnswer:
         request_hash = hashlib.sha256(content.encode()).hexdigest()
-        async with self.locks.hold(chat_id):
+        to_read = ChatRead(chat_id, workspace_id, idempotency_key) if self.locks.reads_with_lock else None
+        async with self.locks.hold(chat_id, to_read) as found:
             # Reads under the turn lock need no transaction: nothing else can
             # change this chat's history until we let go.
             cached = self._history.get(chat_id)
             cached_rows = cached.rows if cached else 0
-            read = await run_unit(
-                self.engine,
-                lambda conn: _read_turn(conn, chat_id, workspace_id, idempotency_key, cached_rows),
-                write=False,
-            )
+            read = await _read(self.engine, found, chat_id, workspace_id, idempotency_key, cached_rows)
             row = read.chat
             if row is None:
                 raise chat_not_found(chat_id)
