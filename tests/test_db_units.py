@@ -19,6 +19,8 @@ from chatplane.chats.turns import (
     READ_HISTORY,
     READ_IDEMPOTENT,
     _read,
+    _TurnWrite,
+    _TurnWrites,
     _write_turn,
 )
 from chatplane.db import create_engine, migrate, run_unit
@@ -145,7 +147,8 @@ def test_a_turn_is_written_whole_or_not_at_all(api: Api, model: ScriptedModel) -
     async def write(idempotent: dict | None) -> None:
         engine = create_engine(api.backend.settings)
         try:
-            await run_unit(engine, lambda conn: _write_turn(conn, messages, after, None, idempotent), write=True,
+            turn = _TurnWrite(messages, after, None, idempotent)
+            await run_unit(engine, lambda conn: _write_turn(conn, turn), write=True,
                            one_statement=engine.dialect.name == "postgresql")
         finally:
             await engine.dispose()
@@ -267,3 +270,71 @@ def test_the_chat_a_turn_reads_under_its_lock_is_the_row_sqlalchemy_reads(api: A
     assert tuple(replay.earlier) == tuple(earlier) and replay.earlier.response["messages"][0]["content"] == "sure"
     assert fresh.earlier is None and plain.earlier is None
     assert elsewhere.chat is None  # another workspace's chat is not found
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # SQLite writes a turn in a transaction
+def test_turns_of_several_chats_are_written_in_one_statement_and_fail_alone(api: Api) -> None:
+    """PostgreSQL: the writes waiting together go out as one statement (each
+    chat's counters, a turn's tool changes, another's idempotent answer); when
+    that statement fails, each turn is written alone and only the one at
+    fault fails."""
+    chats = [make_chat(api)["chatId"] for _ in range(3)]
+    now = datetime.now(UTC)
+
+    def turn(chat_id: str, seq: int, *, tools: bool = False, key: str | None = None) -> _TurnWrite:
+        messages = [
+            {"id": f"msg_{chat_id}_{seq + i}", "chat_id": chat_id, "seq": seq + i, "role": role, "content": role,
+             "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0, "completion_tokens": 0,
+             "created_at": now}
+            for i, role in enumerate(("user", "assistant"))
+        ]
+        after = {"b_chat_id": chat_id, "b_count": seq + 2, "b_user_at": now, "b_agent_at": now}
+        return _TurnWrite(
+            messages, after,
+            {"b_state": "second", "b_collected": {"city": "Oslo"}} if tools else None,
+            {"chat_id": chat_id, "key": key, "request_hash": "h", "response": {"messages": []}, "created_at": now}
+            if key else None,
+        )
+
+    async def write(turns: list[_TurnWrite]) -> tuple[list[int], list[BaseException | None]]:
+        engine = create_engine(api.backend.settings)
+        writes = _TurnWrites(engine)
+        sent: list[int] = []
+        send = writes._send
+
+        async def counting(batch):  # type: ignore[no-untyped-def]
+            sent.append(len(batch))
+            await send(batch)
+
+        writes._send = counting  # type: ignore[method-assign]
+        try:
+            results = await asyncio.gather(*(writes.write(t) for t in turns), return_exceptions=True)
+            return sent, list(results)
+        finally:
+            await engine.dispose()
+
+    sent, results = asyncio.run(write([turn(chats[0], 0), turn(chats[1], 0, tools=True), turn(chats[2], 0, key="k")]))
+    assert sent == [3] and results == [None, None, None]
+    got = [api.get(f"/api/chats/{chat_id}").json() for chat_id in chats]
+    assert [len(chat["messages"]) for chat in got] == [2, 2, 2]
+    assert [chat["collectedDynamicVariables"] for chat in got] == [{}, {"city": "Oslo"}, {}]
+
+    async def state_and_key() -> tuple[list[Any], Any]:
+        engine = create_engine(api.backend.settings)
+        try:
+            async with engine.connect() as conn:
+                states = (await conn.execute(select(CHATS.c.current_state).where(CHATS.c.id.in_(chats))
+                                             .order_by(CHATS.c.id))).scalars().all()
+                key = (await conn.execute(READ_IDEMPOTENT, {"chat_id": chats[2], "key": "k"})).one()
+                return list(states), key
+        finally:
+            await engine.dispose()
+
+    states, key = asyncio.run(state_and_key())
+    assert sorted(states, key=str) == sorted([None, "second", None], key=str) and key.request_hash == "h"
+
+    # The first chat's turn takes seqs that are taken: the batch fails, then each goes alone.
+    sent, results = asyncio.run(write([turn(chats[0], 0), turn(chats[1], 2), turn(chats[2], 2)]))
+    assert sent == [3, 1, 1, 1]
+    assert isinstance(results[0], UniqueViolationError) and results[1:] == [None, None]
+    assert [len(api.get(f"/api/chats/{chat_id}").json()["messages"]) for chat_id in chats] == [2, 4, 4]

@@ -229,3 +229,32 @@ def test_a_turn_cancelled_while_it_waits_leaves_the_queue_intact(kind: str, tmp_
         assert ran == ["head", "last"]
 
     _with_locks(kind, tmp_path, scenario)
+
+
+def test_a_release_goes_out_with_the_next_lock_asked_for(pg_settings) -> None:  # type: ignore[no-untyped-def]
+    """A client's next message on a chat, right after the last answer: the
+    last turn's release and the new turn's lock are one statement."""
+    async def scenario() -> None:
+        engine = create_engine(pg_settings)
+        locks = TurnLocks(engine, lock_file=None)
+        sent: list[tuple[int, int]] = []
+        send = locks._shared._send
+
+        async def counting(releases, asked):  # type: ignore[no-untyped-def]
+            sent.append((len(releases), len(asked)))
+            return await send(releases, asked)
+
+        locks._shared._send = counting
+        try:
+            for _ in range(3):
+                async with locks.hold("chat_g"):
+                    assert await _held_by_anyone(engine, "chat_g") == 1
+            assert sent == [(0, 1), (1, 1), (1, 1)]
+            await asyncio.sleep(0.05)  # nothing to ride along with: it goes alone
+            assert sent[3:] == [(1, 0)]
+            assert await _held_by_anyone(engine, "chat_g") == 0
+        finally:
+            await locks.aclose()
+            await engine.dispose()
+
+    asyncio.run(scenario())

@@ -36,6 +36,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _MAX_WAIT_S = 0.02
+# PostgreSQL: how long a release waits for a lock statement to go out with.
+# Another process wanting the same chat waits that much longer, at most.
+RELEASE_WAIT_S = 0.002
 logger = logging.getLogger(__name__)
 
 
@@ -75,8 +78,9 @@ class _PgAdvisory:
     Letting go is queued, not awaited: the turn's answer
     does not wait for it, and the process's next turn on the chat need not
     either, because PostgreSQL counts a session's locks on one key (taken
-    twice, let go twice). Under load, the releases ride along with the next
-    acquisitions.
+    twice, let go twice). A release waits up to ``RELEASE_WAIT_S`` for the
+    next acquisition to go out with (a client's next message on the chat,
+    any other chat's turn under load), then goes alone.
     """
 
     reads_with_lock = True
@@ -88,6 +92,7 @@ class _PgAdvisory:
         self._releases: list[tuple[int, str]] = []  # (key, chat id)
         self._asked: list[_Asked] = []
         self._driver: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def try_acquire(self, key: int, read: ChatRead | None = None) -> tuple[bool, Any]:
         future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
@@ -97,9 +102,15 @@ class _PgAdvisory:
 
     async def release(self, key: int, chat_id: str) -> None:
         self._releases.append((key, chat_id))
-        self._kick()
+        if self._driver is None and self._timer is None:
+            # Wait a moment for a statement to ride along with: a client's
+            # next message on this chat (or any lock asked for meanwhile).
+            self._timer = asyncio.get_running_loop().call_later(RELEASE_WAIT_S, self._kick)
 
     def _kick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._driver is None:
             self._driver = asyncio.create_task(self._drive())
 
@@ -167,6 +178,8 @@ class _PgAdvisory:
         self.raw = None
 
     async def settled(self) -> None:
+        if self._releases:
+            self._kick()
         while self._driver is not None:
             await asyncio.wait([self._driver])
 

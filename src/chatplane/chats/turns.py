@@ -17,6 +17,7 @@ the end of the chat) is written in the same transaction as the messages.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import hashlib
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import Float, Update, bindparam, func, insert, select, update
+from sqlalchemy import Boolean, Float, Update, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -63,6 +64,8 @@ HISTORY_CACHE_MESSAGES = 100_000
 # Model calls that may ask for tools in one turn; the call after the last of
 # them is made with tool_choice "none", so the turn always ends in words.
 MAX_TOOL_ROUNDS = 5
+# PostgreSQL: turns written in one statement at most (_TurnWrites).
+WRITE_BATCH = 64
 END_REASON = "end_chat_tool"
 
 
@@ -241,59 +244,166 @@ def _top_up(cached: _History | None, read: _Read) -> _History:
     return history
 
 
-def _write_turn(
-    conn: Connection,
-    messages: list[dict[str, Any]],
-    after: dict[str, Any],
-    tool_changes: dict[str, Any] | None,
-    idempotent: dict[str, Any] | None,
-) -> None:
+@dataclass(slots=True)
+class _TurnWrite:
+    """What one turn writes: its messages, the chat's counters, what its tools
+    changed (state, collected variables) and its idempotent answer."""
+
+    messages: list[dict[str, Any]]
+    after: dict[str, Any]
+    tool_changes: dict[str, Any] | None = None
+    idempotent: dict[str, Any] | None = None
+
+
+def _write_turn(conn: Connection, turn: _TurnWrite) -> None:
     if _one_statement(conn.dialect):
-        columns = tuple(messages[0])
-        statement = _turn_statement(columns, tool_changes is not None, idempotent is not None)
-        params = {**after, **(tool_changes or {})}
-        params.update({f"m_{column}": [message[column] for message in messages] for column in columns})
-        if idempotent is not None:
-            params.update({f"k_{column}": value for column, value in idempotent.items()})
-        conn.execute(statement, params)
+        _write_turns(conn, [turn])
         return
-    conn.execute(INSERT_MESSAGES, messages)
-    if tool_changes is not None:
-        conn.execute(UPDATE_AFTER_TOOLS, {**after, **tool_changes})
+    conn.execute(INSERT_MESSAGES, turn.messages)
+    if turn.tool_changes is not None:
+        conn.execute(UPDATE_AFTER_TOOLS, {**turn.after, **turn.tool_changes})
     else:
-        conn.execute(UPDATE_AFTER_TURN, after)
-    if idempotent is not None:
-        conn.execute(INSERT_IDEMPOTENT, idempotent)
+        conn.execute(UPDATE_AFTER_TURN, turn.after)
+    if turn.idempotent is not None:
+        conn.execute(INSERT_IDEMPOTENT, turn.idempotent)
 
 
 def _one_statement(dialect: Dialect) -> bool:
-    """Whether this database writes a turn in one statement (see ``_turn_statement``)."""
+    """Whether this database writes turns in one statement (see ``_turns_statement``)."""
     return dialect.name == "postgresql"
 
 
-@functools.cache
-def _turn_statement(columns: tuple[str, ...], tool_changes: bool, idempotent: bool) -> Update:
-    """PostgreSQL: a turn's whole write as one statement, the messages (and the
-    idempotent answer) inserted by data-modifying CTEs of the chat's update.
+def _write_turns(conn: Connection, turns: list[_TurnWrite]) -> None:
+    """PostgreSQL: the writes of several turns (of different chats) in one statement."""
+    messages = [message for turn in turns for message in turn.messages]
+    columns = tuple(messages[0])  # every message row of a turn has the same keys
+    params: dict[str, Any] = {f"m_{column}": [message[column] for message in messages] for column in columns}
+    params.update(
+        b_chat_id=[turn.after["b_chat_id"] for turn in turns],
+        b_count=[turn.after["b_count"] for turn in turns],
+        b_user_at=[turn.after["b_user_at"] for turn in turns],
+        b_agent_at=[turn.after["b_agent_at"] for turn in turns],
+        b_tools=[turn.tool_changes is not None for turn in turns],
+        b_state=[turn.tool_changes["b_state"] if turn.tool_changes else None for turn in turns],
+        b_collected=[turn.tool_changes["b_collected"] if turn.tool_changes else None for turn in turns],
+    )
+    keys = [turn.idempotent for turn in turns if turn.idempotent is not None]
+    params.update({f"k_{column.name}": [key[column.name] for key in keys] for column in IDEMPOTENCY.c})
+    conn.execute(_turns_statement(columns), params)
 
-    PostgreSQL runs one statement atomically, so in autocommit the turn is one
-    round trip instead of BEGIN, INSERT, UPDATE, COMMIT. The messages arrive as
-    one array per column (``unnest``): one statement, compiled once, for any
-    number of messages (a multi-row VALUES is compiled anew every time).
+
+def _array(name: str, column: Any) -> Any:
+    return bindparam(name, type_=postgresql.ARRAY(column.type.dialect_impl(_PG)))
+
+
+def _unnest(name: str, arrays: list[Any], columns: list[str]) -> Any:
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+
+
+@functools.cache
+def _turns_statement(columns: tuple[str, ...]) -> Update:
+    """PostgreSQL: the writes of any number of turns as one statement, which
+    PostgreSQL runs atomically, so in autocommit it is one round trip (not
+    BEGIN, INSERT, UPDATE, COMMIT) and one commit for all of them.
+
+    Each column arrives as one array (``unnest``): one statement, compiled
+    once, for any number of turns and messages. The messages and the
+    idempotent answers are inserted by data-modifying CTEs of the chats'
+    update; a turn whose tools changed nothing keeps the chat's state and
+    collected variables as they are.
     """
-    arrays = [
-        bindparam(f"m_{column}", type_=postgresql.ARRAY(MESSAGES.c[column].type.dialect_impl(_PG)))
-        for column in columns
-    ]
-    rows = func.unnest(*arrays).table_valued(*columns).render_derived(name="turn_rows")
-    ctes = [insert(MESSAGES).from_select(columns, select(*rows.c)).cte("turn_messages")]
-    if idempotent:
-        ctes.append(
-            insert(IDEMPOTENCY)
-            .values({column.name: bindparam(f"k_{column.name}", type_=column.type) for column in IDEMPOTENCY.c})
-            .cte("turn_idempotency_key")
+    rows = _unnest("turn_rows", [_array(f"m_{name}", MESSAGES.c[name]) for name in columns], list(columns))
+    keys = _unnest("turn_keys", [_array(f"k_{column.name}", column) for column in IDEMPOTENCY.c],
+                   [column.name for column in IDEMPOTENCY.c])
+    chats = _unnest(
+        "turn_chats",
+        [
+            _array("b_chat_id", CHATS.c.id), _array("b_count", CHATS.c.message_count),
+            _array("b_user_at", CHATS.c.last_user_message_at), _array("b_agent_at", CHATS.c.last_agent_message_at),
+            bindparam("b_tools", type_=postgresql.ARRAY(Boolean())), _array("b_state", CHATS.c.current_state),
+            _array("b_collected", CHATS.c.collected_dynamic_variables),
+        ],
+        ["chat_id", "count", "user_at", "agent_at", "tools", "state", "collected"],
+    )
+    return (
+        update(CHATS)
+        .where(CHATS.c.id == chats.c.chat_id)
+        .values(
+            message_count=chats.c.count,
+            last_user_message_at=chats.c.user_at,
+            last_agent_message_at=chats.c.agent_at,
+            current_state=case((chats.c.tools, chats.c.state), else_=CHATS.c.current_state),
+            collected_dynamic_variables=case(
+                (chats.c.tools, chats.c.collected), else_=CHATS.c.collected_dynamic_variables
+            ),
         )
-    return (UPDATE_AFTER_TOOLS if tool_changes else UPDATE_AFTER_TURN).add_cte(*ctes)
+        .add_cte(
+            insert(MESSAGES).from_select(list(columns), select(*rows.c)).cte("turn_messages"),
+            insert(IDEMPOTENCY).from_select([c.name for c in IDEMPOTENCY.c], select(*keys.c)).cte("turn_keys_in"),
+        )
+    )
+
+
+class _TurnWrites:
+    """PostgreSQL: turns' writes, sent together.
+
+    The writes that wait while one statement is out go as the next one (at
+    most ``WRITE_BATCH`` turns): under load a process commits many turns in
+    one round trip and one commit. Turns of one chat never meet in a batch
+    (a turn writes under its chat's lock). If a batch fails, each of its
+    turns is written alone, so a turn fails only for a reason of its own.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._waiting: list[tuple[_TurnWrite, asyncio.Future[None]]] = []
+        self._driver: asyncio.Task[None] | None = None
+
+    async def write(self, turn: _TurnWrite) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((turn, future))
+        if self._driver is None:
+            self._driver = asyncio.create_task(self._drive())
+        await future
+
+    async def _drive(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:WRITE_BATCH], self._waiting[WRITE_BATCH:]
+                try:
+                    await self._send([turn for turn, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each turn gets its own answer below
+                    if len(batch) == 1:
+                        _settle(batch[0][1], exc)
+                        continue
+                    for turn, future in batch:  # alone, so that only a turn at fault fails
+                        try:
+                            await self._send([turn])
+                        except Exception as alone:  # noqa: BLE001 - handed to its turn
+                            _settle(future, alone)
+                        else:
+                            _settle(future, None)
+                except BaseException:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                else:
+                    for _, future in batch:
+                        _settle(future, None)
+        finally:
+            self._driver = None
+
+    async def _send(self, turns: list[_TurnWrite]) -> None:
+        await run_unit(self.engine, lambda conn: _write_turns(conn, turns), write=True, one_statement=True)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # its turn was cancelled while it waited; the write went out (or not) all the same
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 @dataclass(slots=True)
@@ -337,6 +447,7 @@ class Turns:
         self.registry = registry
         self.locks = locks
         self.tools = tools.ToolRunner(http, allow_private_networks=allow_private_networks)
+        self._writes = _TurnWrites(engine) if engine is not None and _one_statement(engine.dialect) else None
         # chat id -> the model-facing messages of its history. Checked against
         # the chat's message_count on every turn and topped up from the
         # database, so another process's writes are never missed, and a long
@@ -426,21 +537,20 @@ class Turns:
                 if idempotency_key else None
             )
 
-            def write(conn: Connection) -> None:
-                _write_turn(conn, [user, *agents], after, tool_changes, idempotent)
-
+            turn = _TurnWrite([user, *agents], after, tool_changes, idempotent)
             updated = ending = None
             if effects.end_chat or wants(row.agent_config, "transcript_updated"):
                 # Webhooks and the end of the chat go through the ORM, in the
                 # same transaction as the messages.
                 async with self.engine.begin() as conn:
-                    await conn.run_sync(write)
+                    await conn.run_sync(lambda sync_conn: _write_turn(sync_conn, turn))
                     updated = await _transcript_updated(conn, chat_id, row.agent_config)
                     if effects.end_chat:
                         ending = await self._finish(conn, chat_id, now)
+            elif self._writes is not None:  # PostgreSQL: one statement, with other chats' turns
+                await self._writes.write(turn)
             else:
-                # On PostgreSQL the write is one statement: no transaction needed.
-                await run_unit(self.engine, write, write=True, one_statement=_one_statement(self.engine.dialect))
+                await run_unit(self.engine, lambda conn: _write_turn(conn, turn), write=True)
             if updated is not None:
                 jobs.committed(updated)
             if ending is not None:
