@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from chatplane.chats.locks import TurnLocks, lock_key
+from chatplane.chats.locks import ChatRead, TurnLocks, lock_key
 from chatplane.db import create_engine, migrate
 from tests.conftest import dispose_settings, fresh_settings
 
@@ -52,6 +52,36 @@ def _with_locks(kind: str, tmp_path: Path, scenario: Callable[[TurnLocks], Await
         dispose_settings(settings)
 
 
+def _in_processes(settings, count: int, scenario) -> None:  # type: ignore[no-untyped-def]
+    """Run ``scenario(engines, locks)`` with ``count`` processes' engines and
+    ``TurnLocks`` on PostgreSQL (each its own advisory-lock connection)."""
+    async def main() -> None:
+        engines = [create_engine(settings) for _ in range(count)]
+        locks = [TurnLocks(engine, lock_file=None) for engine in engines]
+        try:
+            await scenario(engines, locks)
+        finally:
+            for each in locks:
+                await each.aclose()
+            for engine in engines:
+                await engine.dispose()
+
+    asyncio.run(main())
+
+
+def _statements(locks: TurnLocks) -> list[tuple[int, int]]:
+    """(releases, acquisitions) of each lock statement ``locks`` sends from now on."""
+    sent: list[tuple[int, int]] = []
+    send = locks._shared._send
+
+    async def counting(releases, asked):  # type: ignore[no-untyped-def]
+        sent.append((len(releases), len(asked)))
+        return await send(releases, asked)
+
+    locks._shared._send = counting
+    return sent
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order(kind: str, tmp_path: Path) -> None:
     async def scenario(locks: TurnLocks) -> None:
@@ -70,43 +100,36 @@ def test_turns_on_one_chat_run_one_at_a_time_in_arrival_order(kind: str, tmp_pat
 
 
 def test_another_process_waits_for_the_advisory_lock_until_it_is_let_go(pg_settings) -> None:  # type: ignore[no-untyped-def]
-    async def scenario() -> None:
-        engines = [create_engine(pg_settings), create_engine(pg_settings)]
-        first, second = (TurnLocks(engine, lock_file=None) for engine in engines)
-        try:
-            order: list[str] = []
-            entered = asyncio.Event()
-            leave = asyncio.Event()
+    async def scenario(engines, locks) -> None:  # type: ignore[no-untyped-def]
+        first, second = locks
+        order: list[str] = []
+        entered = asyncio.Event()
+        leave = asyncio.Event()
 
-            async def one() -> None:
-                async with first.hold("chat_b"):
-                    order.append("first in")
-                    entered.set()
-                    await leave.wait()
-                    order.append("first out")
+        async def one() -> None:
+            async with first.hold("chat_b"):
+                order.append("first in")
+                entered.set()
+                await leave.wait()
+                order.append("first out")
 
-            async def two() -> None:
-                await entered.wait()
-                async with second.hold("chat_b"):
-                    order.append("second in")
-
-            tasks = [asyncio.create_task(one()), asyncio.create_task(two())]
+        async def two() -> None:
             await entered.wait()
-            await asyncio.sleep(0.1)  # the second process polls meanwhile
-            assert order == ["first in"]
-            # Another chat is not held up by chat_b's turn.
-            async with second.hold("chat_c"):
-                pass
-            leave.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 5)
-            assert order == ["first in", "first out", "second in"]
-        finally:
-            for locks in (first, second):
-                await locks.aclose()
-            for engine in engines:
-                await engine.dispose()
+            async with second.hold("chat_b"):
+                order.append("second in")
 
-    asyncio.run(scenario())
+        tasks = [asyncio.create_task(one()), asyncio.create_task(two())]
+        await entered.wait()
+        await asyncio.sleep(0.1)  # the second process polls meanwhile
+        assert order == ["first in"]
+        # Another chat is not held up by chat_b's turn.
+        async with second.hold("chat_c"):
+            pass
+        leave.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert order == ["first in", "first out", "second in"]
+
+    _in_processes(pg_settings, 2, scenario)
 
 
 async def _held_by_anyone(engine, chat_id: str) -> int:  # type: ignore[no-untyped-def]
@@ -119,89 +142,64 @@ async def _held_by_anyone(engine, chat_id: str) -> int:  # type: ignore[no-untyp
 
 
 def test_the_advisory_lock_is_let_go_after_the_turn_without_holding_up_the_next(pg_settings) -> None:  # type: ignore[no-untyped-def]
-    async def scenario() -> None:
-        engines = [create_engine(pg_settings), create_engine(pg_settings)]
-        locks, other = (TurnLocks(engine, lock_file=None) for engine in engines)
-        try:
-            async with locks.hold("chat_d"):
-                assert await _held_by_anyone(engines[0], "chat_d") == 1
-            # Let go in the background: the answer does not wait for it, nor
-            # does the process's next turn on the chat (the lock is held twice
-            # for a moment, and let go twice).
-            async with locks.hold("chat_d"):
-                await locks.settled()
-                assert await _held_by_anyone(engines[0], "chat_d") == 1
-                got, _ = await asyncio.wait_for(other._shared.try_acquire(lock_key("chat_d")), 5)
-                assert not got  # another process does not get it meanwhile
+    async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
+        locks, other = both
+        async with locks.hold("chat_d"):
+            assert await _held_by_anyone(engines[0], "chat_d") == 1
+        # Let go in the background: the answer does not wait for it, nor
+        # does the process's next turn on the chat (the lock is held twice
+        # for a moment, and let go twice).
+        async with locks.hold("chat_d"):
             await locks.settled()
-            assert await _held_by_anyone(engines[0], "chat_d") == 0
-            async with asyncio.timeout(5), other.hold("chat_d"):  # another process gets it now
-                pass
-        finally:
-            for each in (locks, other):
-                await each.aclose()
-            for engine in engines:
-                await engine.dispose()
+            assert await _held_by_anyone(engines[0], "chat_d") == 1
+            got, _ = await asyncio.wait_for(other._shared.try_acquire(lock_key("chat_d")), 5)
+            assert not got  # another process does not get it meanwhile
+        await locks.settled()
+        assert await _held_by_anyone(engines[0], "chat_d") == 0
+        async with asyncio.timeout(5), other.hold("chat_d"):  # another process gets it now
+            pass
 
-    asyncio.run(scenario())
+    _in_processes(pg_settings, 2, scenario)
 
 
 def test_many_turns_share_round_trips_and_each_reads_its_own_chat_under_its_lock(pg_settings) -> None:  # type: ignore[no-untyped-def]
-    from chatplane.chats.locks import ChatRead
+    async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
+        (engine,), (locks,) = engines, both
+        sent = _statements(locks)
 
-    async def scenario() -> None:
-        engine = create_engine(pg_settings)
-        locks = TurnLocks(engine, lock_file=None)
-        sent: list[int] = []
-        send = locks._shared._send
+        async def turn(i: int) -> None:
+            # No such chats: each finds nothing (its own answer), under its own lock.
+            async with locks.hold(f"chat_{i}", ChatRead(f"chat_{i}", 1, None)) as found:
+                assert found["got"] and found["chat"] is None
+                assert await _held_by_anyone(engine, f"chat_{i}") == 1
 
-        async def counting(releases, asked):  # type: ignore[no-untyped-def]
-            sent.append(len(asked))
-            return await send(releases, asked)
+        await asyncio.gather(*(turn(i) for i in range(30)))
+        await locks.settled()
+        asked = [n for _, n in sent]
+        assert sum(asked) == 30 and len(asked) < 30  # batched
+        assert all([await _held_by_anyone(engine, f"chat_{i}") == 0 for i in range(30)])
 
-        locks._shared._send = counting
-        try:
-            async def turn(i: int) -> None:
-                # No such chats: each finds nothing (its own answer), under its own lock.
-                async with locks.hold(f"chat_{i}", ChatRead(f"chat_{i}", 1, None)) as found:
-                    assert found["got"] and found["chat"] is None
-                    assert await _held_by_anyone(engine, f"chat_{i}") == 1
-
-            await asyncio.gather(*(turn(i) for i in range(30)))
-            await locks.settled()
-            assert sum(sent) == 30 and len(sent) < 30  # batched
-            assert all([await _held_by_anyone(engine, f"chat_{i}") == 0 for i in range(30)])
-        finally:
-            await locks.aclose()
-            await engine.dispose()
-
-    asyncio.run(scenario())
+    _in_processes(pg_settings, 1, scenario)
 
 
 def test_a_lost_lock_connection_is_logged_and_the_chat_stays_usable(  # type: ignore[no-untyped-def]
     pg_settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def scenario() -> None:
-        engine = create_engine(pg_settings)
-        locks = TurnLocks(engine, lock_file=None)
-        try:
-            async with locks.hold("chat_e"):
-                # The lock connection dies mid-turn (a restart, a network cut):
-                # its advisory locks die with it, and the release cannot go out.
-                pid = await locks._shared.raw.fetchval("SELECT pg_backend_pid()")
-                async with engine.connect() as conn:
-                    await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            await locks.settled()
-            assert locks._local == {}
-            async with asyncio.timeout(5):
-                async with locks.hold("chat_e"):  # a new connection, the lock free
-                    pass
-        finally:
-            await locks.aclose()
-            await engine.dispose()
+    async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
+        (engine,), (locks,) = engines, both
+        async with locks.hold("chat_e"):
+            # The lock connection dies mid-turn (a restart, a network cut):
+            # its advisory locks die with it, and the release cannot go out.
+            pid = await locks._shared.raw.fetchval("SELECT pg_backend_pid()")
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await locks.settled()
+        assert locks._local == {}
+        async with asyncio.timeout(5), locks.hold("chat_e"):  # a new connection, the lock free
+            pass
 
     with caplog.at_level(logging.WARNING, logger="chatplane.chats.locks"):
-        asyncio.run(scenario())
+        _in_processes(pg_settings, 1, scenario)
     assert "letting go of the turn lock of chat_e failed" in caplog.text
 
 
@@ -234,27 +232,17 @@ def test_a_turn_cancelled_while_it_waits_leaves_the_queue_intact(kind: str, tmp_
 def test_a_release_goes_out_with_the_next_lock_asked_for(pg_settings) -> None:  # type: ignore[no-untyped-def]
     """A client's next message on a chat, right after the last answer: the
     last turn's release and the new turn's lock are one statement."""
-    async def scenario() -> None:
-        engine = create_engine(pg_settings)
-        locks = TurnLocks(engine, lock_file=None)
-        sent: list[tuple[int, int]] = []
-        send = locks._shared._send
+    async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
+        (engine,), (locks,) = engines, both
+        pass  #  # long against the client's pause below, on any machine
+        sent = _statements(locks)
+        for _ in range(3):
+            async with locks.hold("chat_g"):
+                assert await _held_by_anyone(engine, "chat_g") == 1
+            await asyncio.sleep(0.01)  # the client reads the answer and sends its next message
+        assert sent == [(0, 1), (1, 1), (1, 1)]
+        await asyncio.sleep(0.6)  # nothing to ride along with: it goes alone
+        assert sent[3:] == [(1, 0)]
+        assert await _held_by_anyone(engine, "chat_g") == 0
 
-        async def counting(releases, asked):  # type: ignore[no-untyped-def]
-            sent.append((len(releases), len(asked)))
-            return await send(releases, asked)
-
-        locks._shared._send = counting
-        try:
-            for _ in range(3):
-                async with locks.hold("chat_g"):
-                    assert await _held_by_anyone(engine, "chat_g") == 1
-            assert sent == [(0, 1), (1, 1), (1, 1)]
-            await asyncio.sleep(0.05)  # nothing to ride along with: it goes alone
-            assert sent[3:] == [(1, 0)]
-            assert await _held_by_anyone(engine, "chat_g") == 0
-        finally:
-            await locks.aclose()
-            await engine.dispose()
-
-    asyncio.run(scenario())
+    _in_processes(pg_settings, 1, scenario)

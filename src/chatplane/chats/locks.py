@@ -84,6 +84,7 @@ class _PgAdvisory:
     """
 
     reads_with_lock = True
+    release_wait_s = RELEASE_WAIT_S
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -105,7 +106,7 @@ class _PgAdvisory:
         if self._driver is None and self._timer is None:
             # Wait a moment for a statement to ride along with: a client's
             # next message on this chat (or any lock asked for meanwhile).
-            self._timer = asyncio.get_running_loop().call_later(RELEASE_WAIT_S, self._kick)
+            self._timer = asyncio.get_running_loop().call_later(self.release_wait_s, self._kick)
 
     def _kick(self) -> None:
         if self._timer is not None:
