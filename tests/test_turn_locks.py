@@ -234,7 +234,7 @@ def test_a_release_goes_out_with_the_next_lock_asked_for(pg_settings) -> None:  
     last turn's release and the new turn's lock are one statement."""
     async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
         (engine,), (locks,) = engines, both
-        pass  #  # long against the client's pause below, on any machine
+        locks._shared.release_wait_s = 0.5  # long against the client's pause below, on any machine
         sent = _statements(locks)
         for _ in range(3):
             async with locks.hold("chat_g"):
