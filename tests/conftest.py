@@ -105,14 +105,14 @@ def dispose_settings(settings: Settings) -> None:
 class ServerThread:
     """The real app under uvicorn on a loopback socket, in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **app_options: Any) -> None:
         # IPPROTO_TCP, not 0: asyncio turns TCP_NODELAY on only for sockets that
         # say so, and without it every response waits ~40 ms for a delayed ACK.
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.app = create_app(settings)
+        self.app = create_app(settings, **app_options)
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

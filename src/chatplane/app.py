@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from chatplane import __version__
 from chatplane.agents.routes import router as agents_router
+from chatplane.chats.fast import CompletionFastPath
 from chatplane.chats.list_v3 import router as list_chats_v3_router
 from chatplane.chats.routes import router as chats_router
 from chatplane.errors import install_error_handlers
@@ -33,7 +34,9 @@ missing one. Errors are `{"error": {"code", "message", "field"?, "details"?}}`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, fast_completions: bool = True) -> FastAPI:
+    """The app. ``fast_completions=False`` leaves every completion to its
+    FastAPI route (the tests compare the two ways; see ``chats/fast.py``)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -67,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    if fast_completions:
+        # Inside BodyLimit (added after it runs first): sees only bodies within the limit.
+        app.add_middleware(CompletionFastPath)
     # Ours rather than Starlette's RequestBodyLimitMiddleware: that one lets
     # the route start (auth, validation) on a declared-oversized body and
     # answers in plain text; this one refuses before the app runs, in the

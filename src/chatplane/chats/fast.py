@@ -1,0 +1,116 @@
+"""The completion route's common case, answered before FastAPI's routing.
+
+``POST /api/chats/{chat_id}/completions`` is the hot path: every user message
+is one. FastAPI's routing, dependency solving and request wrapping cost about
+a tenth of a turn's CPU (py-spy, ``bench/peers.py``), for work that is fixed
+for this one route: find the key, validate a two-field body, read one header.
+
+``CompletionFastPath`` does exactly that for a request it can answer without
+judgement calls: a known key, a JSON body that validates, no streaming. It
+then does what the route does (``routes.create_completion``), through the
+same ``Turns.run``, and answers the route's answers, errors included
+(``AppError`` as the app's handler renders it). Everything else (a missing or
+unknown key, a body FastAPI would refuse, a long Idempotency-Key, another
+content type, ``Accept: text/event-stream``) goes on to the route unchanged,
+which gives its usual answer; so a request FastAPI refuses is refused by
+FastAPI. The route stays the documented one (OpenAPI) and the fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatplane.chats.routes import _json_answer
+from chatplane.chats.schemas import ChatCompletionRequest
+from chatplane.errors import AppError
+
+# The route's own pattern: {chat_id} is one path segment.
+_COMPLETIONS = re.compile(r"/api/chats/([^/]+)/completions")
+IDEMPOTENCY_KEY_MAX = 255  # as the route's Idempotency-Key header declares
+
+
+class CompletionFastPath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = _COMPLETIONS.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if found is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body, disconnected = await _read(receive)
+        if disconnected:
+            return
+        request = await _request(scope, body)
+        if request is None:  # the route answers it, whatever the answer is
+            await self.app(scope, _replay(body, receive), send)
+            return
+        principal, completion, idempotency_key = request
+        state = scope["app"].state
+        try:
+            workspace_id = principal.require(completion.workspace_id)
+            answer = await state.turns.run(
+                workspace_id=workspace_id, chat_id=found[1], content=completion.content,
+                idempotency_key=idempotency_key,
+            )
+            response = _json_answer(answer)
+        except AppError as exc:  # as install_error_handlers renders it
+            response = JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        await response(scope, receive, send)
+
+
+async def _read(receive: Receive) -> tuple[bytes, bool]:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", True
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _request(scope: Scope, body: bytes) -> tuple[Any, ChatCompletionRequest, str | None] | None:
+    """The key's principal, the body and the Idempotency-Key, if nothing about
+    the request needs the route's judgement; else None."""
+    headers = Headers(scope=scope)
+    if "text/event-stream" in headers.get("accept", ""):
+        return None
+    content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if not (content_type == "application/json" or (content_type.startswith("application/")
+                                                     and content_type.endswith("+json"))):
+        return None
+    idempotency_key = headers.get("idempotency-key")
+    if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        return None
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    try:
+        completion = ChatCompletionRequest.model_validate(json.loads(body))
+    except (ValueError, ValidationError):  # not JSON, or not this body
+        return None
+    principal = await scope["app"].state.principals.get(token.strip())
+    if principal is None:
+        return None
+    return principal, completion, idempotency_key
