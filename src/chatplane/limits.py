@@ -42,6 +42,21 @@ def _nul_field(body: bytes) -> str:
     return walk(document, "") or "body"
 
 
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) as one message, then
+    whatever ``receive`` gives (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyLimit:
     """Answers 413 for a body over ``max_bytes``, declared or streamed.
 
@@ -90,16 +105,7 @@ class BodyLimit:
                 send, 422, "validation_error", "NUL (\\u0000) characters are not accepted", _nul_field(body)
             )
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _drain(self, receive: Receive, declared: int | None) -> None:
         """Read (and drop) what the client is still sending, up to a bound.

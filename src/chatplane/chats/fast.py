@@ -25,11 +25,12 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatplane.chats.routes import _json_answer
 from chatplane.chats.schemas import ChatCompletionRequest
 from chatplane.errors import AppError
+from chatplane.limits import replay_body
 
 # The route's own pattern: {chat_id} is one path segment.
 _COMPLETIONS = re.compile(r"/api/chats/([^/]+)/completions")
@@ -50,7 +51,7 @@ class CompletionFastPath:
             return
         request = await _request(scope, body)
         if request is None:  # the route answers it, whatever the answer is
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         principal, completion, idempotency_key = request
         state = scope["app"].state
@@ -75,19 +76,6 @@ async def _read(receive: Receive) -> tuple[bytes, bool]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), False
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _request(scope: Scope, body: bytes) -> tuple[Any, ChatCompletionRequest, str | None] | None:
