@@ -338,3 +338,48 @@ def test_turns_of_several_chats_are_written_in_one_statement_and_fail_alone(api:
     assert sent == [3, 1, 1, 1]
     assert isinstance(results[0], UniqueViolationError) and results[1:] == [None, None]
     assert [len(api.get(f"/api/chats/{chat_id}").json()["messages"]) for chat_id in chats] == [2, 4, 4]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_cancelled_turn_waits_for_its_write_before_it_lets_go(api: Api) -> None:
+    """A turn cancelled while its write is queued or on its way (a shutdown)
+    does not return, and so does not let go of its chat's lock, before the
+    write has landed: the next turn on the chat reads it."""
+    chat_id = make_chat(api)["chatId"]
+    now = datetime.now(UTC)
+    messages = [
+        {"id": f"msg_cancel_{i}", "chat_id": chat_id, "seq": i, "role": role, "content": role, "name": None,
+         "tool_calls": None, "model": None, "prompt_tokens": 0, "completion_tokens": 0, "created_at": now}
+        for i, role in enumerate(("user", "assistant"))
+    ]
+    turn = _TurnWrite(messages, {"b_chat_id": chat_id, "b_count": 2, "b_user_at": now, "b_agent_at": now})
+
+    async def scenario() -> list[str]:
+        engine = create_engine(api.backend.settings)
+        writes = _TurnWrites(engine)
+        go = asyncio.Event()
+        events: list[str] = []
+        send = writes._send
+
+        async def slow(batch):  # type: ignore[no-untyped-def]
+            await go.wait()
+            await send(batch)
+            events.append("written")
+
+        writes._send = slow  # type: ignore[method-assign]
+        try:
+            task = asyncio.create_task(writes.write(turn))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.sleep(0.05)
+            events.append("still waiting" if not task.done() else "returned early")
+            go.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            events.append("returned")
+            return events
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == ["still waiting", "written", "returned"]
+    assert len(api.get(f"/api/chats/{chat_id}").json()["messages"]) == 2

@@ -364,7 +364,14 @@ class _TurnWrites:
         self._waiting.append((turn, future))
         if self._driver is None:
             self._driver = asyncio.create_task(self._drive())
-        await future
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The turn holds its chat's lock until this returns: a write still
+            # queued or on its way must land (or fail) before another turn on
+            # the chat may read it.
+            await asyncio.wait([future])
+            raise
 
     async def _drive(self) -> None:
         try:
