@@ -24,12 +24,12 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chatplane.auth import bearer_token
 from chatplane.chats.routes import _json_answer
 from chatplane.chats.schemas import ChatCompletionRequest
-from chatplane.errors import AppError
+from chatplane.errors import AppError, app_error_response
 from chatplane.limits import replay_body
 
 # The route's own pattern: {chat_id} is one path segment.
@@ -62,8 +62,8 @@ class CompletionFastPath:
                 idempotency_key=idempotency_key,
             )
             response = _json_answer(answer)
-        except AppError as exc:  # as install_error_handlers renders it
-            response = JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        except AppError as exc:
+            response = app_error_response(exc)
         await response(scope, receive, send)
 
 
@@ -91,14 +91,14 @@ async def _request(scope: Scope, body: bytes) -> tuple[Any, ChatCompletionReques
     idempotency_key = headers.get("idempotency-key")
     if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
         return None
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(headers.get("authorization", ""))
+    if token is None:
         return None
     try:
         completion = ChatCompletionRequest.model_validate(json.loads(body))
     except (ValueError, ValidationError):  # not JSON, or not this body
         return None
-    principal = await scope["app"].state.principals.get(token.strip())
+    principal = await scope["app"].state.principals.get(token)
     if principal is None:
         return None
     return principal, completion, idempotency_key
