@@ -438,7 +438,9 @@ class Turns:
     """Runs turns for one process: its database, models, locks and history cache.
 
     The hot path speaks SQLAlchemy Core on a plain connection (no ORM unit of
-    work): a turn is one read and one write transaction around the model call.
+    work): a turn is one read and one write around the model call. On
+    PostgreSQL the read comes with the turn lock (``locks.ChatRead``) and the
+    write goes out with other chats' turns (``_TurnWrites``), one statement each.
     """
 
     def __init__(
