@@ -50,11 +50,12 @@ messages = Table(
 def engine_for(url: str) -> AsyncEngine:
     """asyncpg or aiosqlite, configured as chatplane configures them (the pool aside)."""
     if url.startswith("postgresql"):
-        # As many connections as chatplane may open (10 + 10 overflow), all
-        # kept: overflow connections are closed on return, and under load
-        # that meant a new connection (and backend) every few requests.
+        # As many connections as chatplane may open (20), all kept (overflow
+        # connections are closed on return, and under load that meant a new
+        # connection, and backend, every few requests), the most recently
+        # used handed out first, as chatplane's.
         return create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1),
-                                   pool_size=20, max_overflow=0)
+                                   pool_size=20, max_overflow=0, pool_use_lifo=True)
     engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://", 1), pool_size=1, max_overflow=0,
                                  pool_timeout=60, connect_args={"timeout": 30}, pool_reset_on_return=None)
 

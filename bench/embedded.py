@@ -226,7 +226,8 @@ def direct_worker() -> None:
         disable_extra_bufts()
     from llama_cpp import Llama
 
-    llm = Llama(model_path=setup["model_path"], n_ctx=setup["n_ctx"], n_threads=setup["n_threads"], verbose=False)
+    llm = Llama(model_path=setup["model_path"], n_ctx=setup["n_ctx"], n_threads=setup["n_threads"],
+                n_threads_batch=setup["n_threads"], verbose=False)
     print("{}", flush=True)
     for line in sys.stdin:
         request = json.loads(line)
@@ -271,7 +272,8 @@ def p50(runs: list[Run], attr: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=8, help="measured runs per side (after one warm-up each)")
-    parser.add_argument("--threads", type=int, default=None, help="CHATPLANE_EMBEDDED__THREADS (unset: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CHATPLANE_EMBEDDED__THREADS on both sides (unset: the server's default, all cores but one)")
     parser.add_argument("--max-tokens", type=int, default=None, help="CHATPLANE_EMBEDDED__MAX_TOKENS (unset: 256)")
     parser.add_argument("--extra-bufts", choices=["auto", "on", "off"], default="auto",
                         help="llama.cpp's extra weight buffers (AMX repack); auto: off if they crash here")
@@ -284,7 +286,7 @@ def main() -> None:
             print("note: llama.cpp's default (AMX extra buffers) crashes on this host; both sides run without them")
 
     from chatplane.providers.base import ModelRequest
-    from chatplane.providers.embedded import default_model_path
+    from chatplane.providers.embedded import default_model_path, threads_for
     from chatplane.settings import EmbeddedModelSettings
 
     tmp = Path(tempfile.mkdtemp(prefix="chatplane-bench-"))
@@ -317,7 +319,7 @@ def main() -> None:
             "extra_bufts_off": args.extra_bufts == "off",
             "model_path": str(embedded.model_path or default_model_path()),
             "n_ctx": embedded.n_ctx,
-            "n_threads": embedded.threads or os.cpu_count() or 1,
+            "n_threads": threads_for(embedded),  # the server's, for generation and prompts alike
             # The kwargs EmbeddedModel._run passes besides the messages.
             "options": {
                 "max_tokens": embedded.max_tokens,
@@ -365,7 +367,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     same = sum(a.text == b.text for a, b in zip(ours, theirs))
-    print(f"\nembedded model {embedded.name}, threads={embedded.threads or os.cpu_count()}, "
+    print(f"\nembedded model {embedded.name}, threads={threads_for(embedded)}, "
           f"max_tokens={embedded.max_tokens}, extra buffers {args.extra_bufts}, {args.runs} runs per side; "
           f"identical replies {same}/{args.runs}")
     print(f"load average before/after: {load_before} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from chatplane import auth
 from chatplane.app import create_app
+from chatplane.chats import locks as locks_module
 from chatplane.cli import run_in_transaction
 from chatplane.db import migrate
 from chatplane.settings import ModelPrice, Provider, Settings
@@ -147,6 +148,16 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
+
+
+def hold_locks_over(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: ``server`` lets go of a chat's turn lock a second after a
+    turn (not 2 ms), and a turn on the chat meanwhile takes it back with what
+    the last turn left (``locks.HeldOver``), however slow the machine."""
+    shared = server.app.state.turns.locks._shared
+    if hasattr(shared, "release_wait_s"):
+        monkeypatch.setattr(shared, "release_wait_s", 1.0)
+        monkeypatch.setattr(locks_module, "HOLD_OVER_S", 60.0)
 
 
 @dataclass

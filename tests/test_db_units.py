@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asyncpg.exceptions import UniqueViolationError
@@ -248,10 +249,10 @@ def test_the_chat_a_turn_reads_under_its_lock_is_the_row_sqlalchemy_reads(api: A
             for key in ("k-lock", "k-none", None):
                 to_read = ChatRead(chat["chatId"], api.ws, key) if locks.reads_with_lock else None
                 async with locks.hold(chat["chatId"], to_read) as found:
-                    reads.append(await _read(engine, found, chat["chatId"], api.ws, key, 0))
+                    reads.append(await _read(engine, found, chat["chatId"], api.ws, key, None))
             async with locks.hold(chat["chatId"], ChatRead(chat["chatId"], api.ws + 1000, None)
                                   if locks.reads_with_lock else None) as found:
-                elsewhere = await _read(engine, found, chat["chatId"], api.ws + 1000, None, 0)
+                elsewhere = await _read(engine, found, chat["chatId"], api.ws + 1000, None, None)
             async with engine.connect() as conn:
                 params = {"chat_id": chat["chatId"], "workspace_id": api.ws, "key": "k-lock"}
                 row = (await conn.execute(READ_CHAT, params)).one()
@@ -304,17 +305,25 @@ def test_turns_of_several_chats_are_written_in_one_statement_and_fail_alone(api:
 
         async def counting(batch):  # type: ignore[no-untyped-def]
             sent.append(len(batch))
-            await send(batch)
+            return await send(batch)
 
         writes._send = counting  # type: ignore[method-assign]
         try:
             results = await asyncio.gather(*(writes.write(t) for t in turns), return_exceptions=True)
-            return sent, list(results)
+            results = list(results)
+        finally:
+            await writes.aclose()
+        try:
+            # The writes' connection, with its planner settings, is not given
+            # back to the pool (which hands out the last connection returned).
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SHOW enable_seqscan"))).scalar() == "on"
+            return sent, results
         finally:
             await engine.dispose()
 
     sent, results = asyncio.run(write([turn(chats[0], 0), turn(chats[1], 0, tools=True), turn(chats[2], 0, key="k")]))
-    assert sent == [3] and results == [None, None, None]
+    assert sent == [3] and results == [True, True, True]
     got = [api.get(f"/api/chats/{chat_id}").json() for chat_id in chats]
     assert [len(chat["messages"]) for chat in got] == [2, 2, 2]
     assert [chat["collectedDynamicVariables"] for chat in got] == [{}, {"city": "Oslo"}, {}]
@@ -336,8 +345,28 @@ def test_turns_of_several_chats_are_written_in_one_statement_and_fail_alone(api:
     # The first chat's turn takes seqs that are taken: the batch fails, then each goes alone.
     sent, results = asyncio.run(write([turn(chats[0], 0), turn(chats[1], 2), turn(chats[2], 2)]))
     assert sent == [3, 1, 1, 1]
-    assert isinstance(results[0], UniqueViolationError) and results[1:] == [None, None]
+    assert isinstance(results[0], UniqueViolationError) and results[1:] == [True, True]
     assert [len(api.get(f"/api/chats/{chat_id}").json()["messages"]) for chat_id in chats] == [2, 4, 4]
+
+    # A turn with a guard is written only if its agent's and LLM's
+    # configurations are as it read them (updated_at); the others are not held up.
+    async def read_rows() -> list[Any]:
+        engine = create_engine(api.backend.settings)
+        try:
+            async with engine.connect() as conn:
+                return [(await conn.execute(READ_CHAT, {"chat_id": chat_id, "workspace_id": api.ws})).one()
+                        for chat_id in chats]
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(read_rows())
+    edited_llm, edited_agent, unchanged = turn(chats[0], 2), turn(chats[1], 4), turn(chats[2], 4)
+    edited_llm.guard = (rows[0].agent_updated_at, rows[0].llm_updated_at - timedelta(microseconds=1))
+    edited_agent.guard = (rows[1].agent_updated_at + timedelta(seconds=1), rows[1].llm_updated_at)
+    unchanged.guard = (rows[2].agent_updated_at, rows[2].llm_updated_at)
+    sent, results = asyncio.run(write([edited_llm, edited_agent, unchanged]))
+    assert sent == [3] and results == [False, False, True]
+    assert [len(api.get(f"/api/chats/{chat_id}").json()["messages"]) for chat_id in chats] == [2, 4, 6]
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -363,8 +392,9 @@ def test_a_cancelled_turn_waits_for_its_write_before_it_lets_go(api: Api) -> Non
 
         async def slow(batch):  # type: ignore[no-untyped-def]
             await go.wait()
-            await send(batch)
+            written = await send(batch)
             events.append("written")
+            return written
 
         writes._send = slow  # type: ignore[method-assign]
         try:
@@ -379,7 +409,38 @@ def test_a_cancelled_turn_waits_for_its_write_before_it_lets_go(api: Api) -> Non
             events.append("returned")
             return events
         finally:
+            await writes.aclose()
             await engine.dispose()
 
     assert asyncio.run(scenario()) == ["still waiting", "written", "returned"]
     assert len(api.get(f"/api/chats/{chat_id}").json()["messages"]) == 2
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_writes_connection_closed_by_the_server_is_replaced_before_the_next_turn(api: Api) -> None:
+    """The connection the turns are written on is the process's own: closed by
+    PostgreSQL (a restart, an administrator), the next turn writes on a new
+    one, and the chat goes on."""
+    server = api.backend.server
+    chat_id = make_chat(api)["chatId"]
+    assert say(api, chat_id, "first").status_code == 201
+    writes = server.app.state.turns._writes
+
+    async def backend_pid(_services):  # type: ignore[no-untyped-def]
+        return await writes.conn.raw.fetchval("SELECT pg_backend_pid()")
+
+    async def terminate(pid: int) -> None:
+        engine = create_engine(api.backend.settings)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            await engine.dispose()
+
+    old = server.call(backend_pid)
+    asyncio.run(terminate(old))
+    server.call(lambda _services: asyncio.sleep(0.2))  # the server's loop sees the connection closed
+    second = say(api, chat_id, "second")
+    assert second.status_code == 201, second.text
+    assert server.call(backend_pid) != old
+    assert [m["content"] for m in api.get(f"/api/chats/{chat_id}").json()["messages"]] == ["first", "ok", "second", "ok"]

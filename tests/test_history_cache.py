@@ -6,6 +6,8 @@ import pytest
 
 from chatplane.chats import turns as turns_module
 from chatplane.chats.turns import Turns, _History
+from tests.chat_helpers import make_chat, say
+from tests.conftest import Api, ScriptedModel
 
 
 def _history(n: int) -> _History:
@@ -34,3 +36,25 @@ def test_one_chat_larger_than_the_budget_is_still_kept(monkeypatch: pytest.Monke
     turns = Turns(None, None, None)  # type: ignore[arg-type]
     turns._remember("long", _history(50))
     assert list(turns._history) == ["long"]
+
+
+def test_a_chat_let_go_by_the_cache_while_its_turn_reads_keeps_its_history(
+    api: Api, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another chat's turn may make the cache let go of this chat's history
+    while this turn's read is on its way: the turn tops up the history it
+    read against, not whatever the cache holds by then (nothing)."""
+    turns: Turns = api.backend.server.app.state.turns
+    chat_id = make_chat(api)["chatId"]
+    assert say(api, chat_id, "first").status_code == 201
+    read = turns_module._read
+
+    async def read_then_evicted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = await read(*args, **kwargs)
+        turns.forget(chat_id)  # as if another chat's turn had pushed it out meanwhile
+        return found
+
+    monkeypatch.setattr(turns_module, "_read", read_then_evicted)
+    assert say(api, chat_id, "second").status_code == 201
+    sent = [m["content"] for m in model.requests[-1]["messages"] if m["role"] in ("user", "assistant")]
+    assert sent == ["first", "ok", "second"]

@@ -26,7 +26,7 @@ from chatplane.chats.tools import MAX_RESPONSE_BYTES
 from chatplane.chats.turns import MAX_TOOL_ROUNDS
 from chatplane.testing import Reply
 from tests.chat_helpers import make_agent, make_chat, make_llm, say
-from tests.conftest import Api, Backend, ScriptedModel, ServerThread, assert_error
+from tests.conftest import Api, Backend, ScriptedModel, ServerThread, assert_error, hold_locks_over
 from tests.seed_schemas import assert_matches_seed
 from tests.test_streaming import stream_events
 
@@ -136,7 +136,7 @@ def open_backend(backend: Backend) -> Iterator[Backend]:
     """The same database served by a second app that lets tools reach loopback."""
     settings = backend.settings.model_copy(update={"allow_private_networks": True})
     with ServerThread(settings) as server:
-        yield dataclasses.replace(backend, url=server.url)
+        yield dataclasses.replace(backend, url=server.url, server=server)
 
 
 @pytest.fixture
@@ -671,3 +671,30 @@ def test_idempotent_retry_of_a_tool_turn_replays_without_calling_again(
     again = say(tools_api, chat_id, "go", headers={"Idempotency-Key": "t-1"})
     assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
     assert len(tool_server.requests) == 1 and len(model.requests) == 2
+
+
+def test_a_tool_turn_right_after_a_draft_edit_runs_its_tool_once_with_the_new_prompt(
+    tools_api: Api, api: Api, model: ScriptedModel, tool_server: ToolServer, open_backend: Backend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: the turn right after the last one starts from that turn's
+    chat row (``locks.HeldOver``); before a tool runs its configurations are
+    checked, so a draft edited meanwhile (here through another process) means
+    the start is thrown away before the tool is called, not after."""
+    hold_locks_over(open_backend.server, monkeypatch)
+    llm = make_llm(api, general_prompt="Prompt A.", general_tools=[custom_tool(tool_server.url())])
+    chat_id = make_chat(api, make_agent(api, llm))["chatId"]
+    assert say(tools_api, chat_id, "hello").status_code == 201
+    assert api.patch(f"/api/llms/{llm['llm_id']}", {"general_prompt": "Prompt B."}).status_code == 200
+    tool_server.push(Answer())
+    model.push(Reply("", tool_calls=[call("lookup", {"q": 1})], when="Prompt A."),
+               Reply("", tool_calls=[call("lookup", {"q": 2})], when="Prompt B."), Reply("done"))
+    response = say(tools_api, chat_id, "look it up")
+    assert response.status_code == 201, response.text
+    [request] = tool_server.requests  # called once, with what the new prompt's call asked
+    assert json.loads(request["body"])["args"] == {"q": 2}
+    systems = [r["messages"][0]["content"] for r in model.requests]
+    held_over = api.backend.kind == "postgresql"
+    assert systems == ["Prompt A.", *(["Prompt A."] if held_over else []), "Prompt B.", "Prompt B."]
+    assert [m["content"] for m in tools_api.get(f"/api/chats/{chat_id}").json()["messages"]] == [
+        "hello", "ok", "look it up", "", "done"]

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from chatplane.chats.locks import ChatRead, TurnLocks, lock_key
+from chatplane.chats import locks as locks_module
+from chatplane.chats.locks import ChatRead, HeldOver, TurnLocks, lock_key
 from chatplane.db import create_engine, migrate
 from tests.conftest import dispose_settings, fresh_settings
 
@@ -190,7 +191,7 @@ def test_a_lost_lock_connection_is_logged_and_the_chat_stays_usable(  # type: ig
         async with locks.hold("chat_e"):
             # The lock connection dies mid-turn (a restart, a network cut):
             # its advisory locks die with it, and the release cannot go out.
-            pid = await locks._shared.raw.fetchval("SELECT pg_backend_pid()")
+            pid = await locks._shared.conn.raw.fetchval("SELECT pg_backend_pid()")
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         await locks.settled()
@@ -201,6 +202,29 @@ def test_a_lost_lock_connection_is_logged_and_the_chat_stays_usable(  # type: ig
     with caplog.at_level(logging.WARNING, logger="chatplane.chats.locks"):
         _in_processes(pg_settings, 1, scenario)
     assert "letting go of the turn lock of chat_e failed" in caplog.text
+
+
+def test_a_lock_taken_on_a_replaced_connection_is_not_taken_back(pg_settings) -> None:  # type: ignore[no-untyped-def]
+    """The lock connection dies while a turn holds a lock, and another turn's
+    statement replaces it before that turn lets go: the lock died with the
+    old connection, so the next turn on the chat asks for it again."""
+    async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
+        (engine,), (locks,) = engines, both
+        locks._shared.release_wait_s = 0.5
+        async with locks.hold("chat_m"):
+            pid = await locks._shared.conn.raw.fetchval("SELECT pg_backend_pid()")
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            await asyncio.sleep(0.2)
+            async with asyncio.timeout(5), locks.hold("chat_n"):  # fails, then taken on a new connection
+                pass
+            locks.keep("chat_m", "left on the old connection")
+        async with asyncio.timeout(5), locks.hold("chat_m") as found:
+            assert not isinstance(found, HeldOver)
+            assert await _held_by_anyone(engine, "chat_m") == 1
+        await locks.settled()
+
+    _in_processes(pg_settings, 1, scenario)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -229,20 +253,64 @@ def test_a_turn_cancelled_while_it_waits_leaves_the_queue_intact(kind: str, tmp_
     _with_locks(kind, tmp_path, scenario)
 
 
-def test_a_release_goes_out_with_the_next_lock_asked_for(pg_settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_next_turn_on_a_chat_takes_its_lock_back_without_a_round_trip(pg_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A client's next message on a chat, right after the last answer: the
-    last turn's release and the new turn's lock are one statement."""
+    release has not gone out, so the new turn takes the lock back (no
+    statement) with what the last holder left; a release goes out with the
+    next lock asked for, or alone after its wait."""
     async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
         (engine,), (locks,) = engines, both
         locks._shared.release_wait_s = 0.5  # long against the client's pause below, on any machine
         sent = _statements(locks)
-        for _ in range(3):
-            async with locks.hold("chat_g"):
+        found_by_turn = []
+        for turn in range(3):
+            async with locks.hold("chat_g") as found:
+                found_by_turn.append(found)
                 assert await _held_by_anyone(engine, "chat_g") == 1
+                locks.keep("chat_g", f"left by turn {turn}")
             await asyncio.sleep(0.01)  # the client reads the answer and sends its next message
-        assert sent == [(0, 1), (1, 1), (1, 1)]
+        assert sent == [(0, 1)]
+        assert not isinstance(found_by_turn[0], HeldOver)
+        assert [found.memo for found in found_by_turn[1:]] == ["left by turn 0", "left by turn 1"]
+        async with locks.hold("chat_g") as found:  # its holder leaves nothing: the next gets no memo
+            assert found.memo == "left by turn 2"
+        async with locks.hold("chat_g") as found:
+            assert isinstance(found, HeldOver) and found.memo is None
+        async with locks.hold("chat_h"):  # another chat's lock: chat_g's release goes with it
+            assert sent[1:] == [(1, 1)]
+            assert await _held_by_anyone(engine, "chat_g") == 0
         await asyncio.sleep(0.6)  # nothing to ride along with: it goes alone
-        assert sent[3:] == [(1, 0)]
-        assert await _held_by_anyone(engine, "chat_g") == 0
+        assert sent[2:] == [(1, 0)]
+        assert await _held_by_anyone(engine, "chat_h") == 0
+
+        # Only for so long after the round trip that took it: then the lock
+        # is asked for again, in the statement that lets go of it.
+        monkeypatch.setattr(locks_module, "HOLD_OVER_S", 0.05)
+        async with locks.hold("chat_g"):
+            pass
+        await asyncio.sleep(0.1)
+        async with locks.hold("chat_g") as found:
+            assert not isinstance(found, HeldOver)
+            assert await _held_by_anyone(engine, "chat_g") == 1
+        assert sent[3:] == [(0, 1), (1, 1)]
+
+    _in_processes(pg_settings, 1, scenario)
+
+
+def test_a_lock_lost_with_its_connection_is_not_taken_back(pg_settings) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
+        (engine,), (locks,) = engines, both
+        locks._shared.release_wait_s = 0.5
+        async with locks.hold("chat_i"):
+            locks.keep("chat_i", "stale")
+            pid = await locks._shared.conn.raw.fetchval("SELECT pg_backend_pid()")
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await asyncio.sleep(0.2)  # the client sees the connection closed
+        async with asyncio.timeout(5), locks.hold("chat_i") as found:  # asked again, on a new connection
+            assert not isinstance(found, HeldOver)
+            assert await _held_by_anyone(engine, "chat_i") == 1
+        await locks.settled()
+        assert await _held_by_anyone(engine, "chat_i") == 0
 
     _in_processes(pg_settings, 1, scenario)

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -73,7 +74,7 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         # Every connection is kept: the pool closes an overflow connection
         # when it is returned, and under load that meant a new connection
         # (and a new backend) every few turns.
-        return create_async_engine(url, pool_size=settings.db_pool_size, max_overflow=0)
+        return create_async_engine(url, pool_size=settings.db_pool_size, max_overflow=0, pool_use_lifo=True)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # One connection per process: several pooled SQLite connections in one
@@ -195,21 +196,67 @@ class _Asyncpg:
         self.dialect = dialect
 
     def execute(self, statement: Any, params: dict[str, Any] | None = None) -> _Rows:
-        compiled = _compiled(statement, self.dialect)
-        values = compiled.construct_params(params or {})
-        processors = compiled._bind_processors  # noqa: SLF001 - the types' own bind conversions
-        args = [
-            processors[name](values[name]) if name in processors else values[name]
-            for name in compiled.positiontup or ()
-        ]
-        records = await_only(self.driver.fetch(compiled.string, *args))
-        if not records:
-            return _Rows()
-        row = _row_type(tuple(records[0].keys()))
-        return _Rows(row._make(record.values()) for record in records)
+        return await_only(fetch(self.driver, self.dialect, statement, params))
 
     def scalar(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         return self.execute(statement, params).scalar()
+
+
+class OwnConnection:
+    """A PostgreSQL connection of the process's own, for statements sent
+    straight to asyncpg outside any transaction: taken from the pool on first
+    use and again once it has closed, with ``setup`` sent on each new one, and
+    never given back (its session keeps advisory locks or settings of its
+    own): ``discard`` closes it for good."""
+
+    def __init__(self, engine: AsyncEngine, setup: str | None = None) -> None:
+        self.engine = engine
+        self.setup = setup
+        self.generation = 0  # connections made so far: what was held on an earlier one is gone
+        self._conn: AsyncConnection | None = None
+        self.raw: Any = None  # the asyncpg connection, while there is one
+
+    async def driver(self) -> Any:
+        """The asyncpg connection; a new one if there is none or it has closed."""
+        if self.raw is None or self.raw.is_closed():
+            await self.discard()
+            self._conn = await self.engine.connect()
+            self.raw = (await self._conn.get_raw_connection()).driver_connection
+            self.generation += 1
+            if self.setup:
+                await self.raw.execute(self.setup)
+        return self.raw
+
+    def is_open(self) -> bool:
+        return self.raw is not None and not self.raw.is_closed()
+
+    async def discard(self) -> None:
+        conn, self._conn, self.raw = self._conn, None, None
+        if conn is None:
+            return
+        try:
+            await conn.invalidate()
+            await conn.close()
+        except Exception:  # noqa: BLE001 - already broken; closing is best effort
+            pass
+
+
+async def fetch(driver: Any, dialect: Dialect, statement: Any, params: dict[str, Any] | None = None) -> _Rows:
+    """``statement`` (SQLAlchemy Core) sent straight to an asyncpg connection:
+    compiled once, its parameters converted by their types, its rows as
+    named tuples."""
+    compiled = _compiled(statement, dialect)
+    values = compiled.construct_params(params or {})
+    processors = compiled._bind_processors  # noqa: SLF001 - the types' own bind conversions
+    args = [
+        processors[name](values[name]) if name in processors else values[name]
+        for name in compiled.positiontup or ()
+    ]
+    records = await driver.fetch(compiled.string, *args)
+    if not records:
+        return _Rows()
+    row = _row_type(tuple(records[0].keys()))
+    return _Rows(row._make(record.values()) for record in records)
 
 
 _compiled_statements: dict[int, tuple[Any, Any]] = {}  # id(statement) -> (statement, compiled)

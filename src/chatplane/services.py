@@ -103,6 +103,7 @@ async def stop(services: Services) -> None:
     for task in services._tasks:
         task.cancel()
     await asyncio.gather(*services._tasks, return_exceptions=True)
+    await services.turns.aclose()
     await services.turns.locks.aclose()
     await services.registry.aclose()
     await services.http.aclose()

@@ -145,9 +145,9 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(
         default=20,
-        ge=2,
+        ge=3,
         description="Connections per process on PostgreSQL, kept open once made; one of them holds "
-        "the process's turn locks (SQLite uses one).",
+        "the process's turn locks and one writes its turns (SQLite uses one).",
     )
     bootstrap_api_key: SecretStr | None = Field(
         default=None,

