@@ -433,13 +433,19 @@ def test_the_writes_connection_closed_by_the_server_is_replaced_before_the_next_
         engine = create_engine(api.backend.settings)
         try:
             async with engine.connect() as conn:
-                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                await conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
         finally:
             await engine.dispose()
 
     old = server.call(backend_pid)
     asyncio.run(terminate(old))
-    server.call(lambda _services: asyncio.sleep(0.2))  # the server's loop sees the connection closed
+
+    async def seen_closed(_services):  # type: ignore[no-untyped-def]
+        async with asyncio.timeout(5):  # the server's loop sees the connection closed
+            while writes.conn.is_open():
+                await asyncio.sleep(0.01)
+
+    server.call(seen_closed)
     second = say(api, chat_id, "second")
     assert second.status_code == 201, second.text
     assert server.call(backend_pid) != old

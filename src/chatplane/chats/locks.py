@@ -80,7 +80,7 @@ class _Release:
     chat_id: str
     memo: Any
     since: float
-    connection: int  # _PgAdvisory.connection when the lock was taken
+    connection: int  # OwnConnection.generation when the lock was taken (-1: not known)
 
 
 @dataclass(slots=True)
@@ -195,10 +195,19 @@ class _PgAdvisory:
 
     async def _send(self, releases: list[_Release], asked: list[_Asked]) -> list[Any]:
         reads = [one.read for one in asked]
+        driver = await self.conn.driver()  # a new connection if the last one was seen closed
+        # A lock taken on a connection since replaced died with it: there is
+        # nothing to let go (and the new connection may hold the key anew).
+        keys = []
+        for release in releases:
+            if release.connection in (self.conn.generation, -1):
+                keys.append(release.key)
+            else:
+                logger.warning("letting go of the turn lock of %s failed: its connection was lost", release.chat_id)
         # Straight to asyncpg: one small statement per batch.
-        return await (await self.conn.driver()).fetch(
+        return await driver.fetch(
             _TURN_LOCKS,
-            [release.key for release in releases],
+            keys,
             [one.key for one in asked],
             [read.chat_id if read else None for read in reads],
             [read.workspace_id if read else None for read in reads],
