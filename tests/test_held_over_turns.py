@@ -133,9 +133,12 @@ def test_an_update_waits_for_the_turn_in_progress(api: Api, model: ScriptedModel
         assert say(api, chat_id, "one").status_code == 201
         done["turn"] = time.monotonic()
 
+    asked = len(model.requests)
     worker = threading.Thread(target=turn)
     worker.start()
-    time.sleep(0.2)  # the turn is waiting for the model
+    deadline = time.monotonic() + 10
+    while len(model.requests) == asked and time.monotonic() < deadline:  # the turn is waiting for the model
+        time.sleep(0.01)
     patched = api.patch(f"/api/chats/{chat_id}", {"metadata": {"k": "v"}})
     done["update"] = time.monotonic()
     worker.join(10)
