@@ -210,7 +210,7 @@ def test_a_read_unit_on_a_dead_postgresql_connection_fails_once(tmp_path: Path) 
         try:
             first = await run_unit(engine, lambda conn: conn.scalar(pid), write=False)
             async with other.connect() as conn:
-                await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+                await conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": first})
             with pytest.raises(Exception):  # noqa: B017, PT011 - asyncpg's own, whichever it is
                 await run_unit(engine, lambda conn: conn.scalar(pid), write=False)
             second = await run_unit(engine, lambda conn: conn.scalar(pid), write=False)
