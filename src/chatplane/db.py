@@ -97,17 +97,20 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         # below is what starts every transaction.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        # Checkpoints (the ones that fsync) run beside the requests, not in the
-        # commit that happens to cross the threshold: see checkpoint_loop.
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
+        cursor.execute("PRAGMA journal_mode=WAL")  # the database's own (kept in the file)
+        for pragma in _sqlite_pragmas(busy_timeout_ms=30000):
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     event.listen(engine.sync_engine, "begin", _begin_immediate)
     return engine
+
+
+def _sqlite_pragmas(*, busy_timeout_ms: int) -> tuple[str, ...]:
+    """Each SQLite connection's own settings. Checkpoints (the ones that
+    fsync) run beside the requests, not in the commit that happens to cross
+    the threshold: see checkpoint_loop."""
+    return ("synchronous=NORMAL", "foreign_keys=ON", f"busy_timeout={busy_timeout_ms}", "wal_autocheckpoint=0")
 
 
 def _begin_immediate(conn: Connection) -> None:
@@ -326,9 +329,9 @@ class LoopConnection:
 
     def __init__(self, path: str) -> None:
         def connect() -> sqlite3.Connection:
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            for pragma in ("busy_timeout=0", "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=0"):
-                connection.execute(f"PRAGMA {pragma}")  # as create_engine's connections, but never waiting
+            connection = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+            for pragma in _sqlite_pragmas(busy_timeout_ms=0):  # as create_engine's, but never waiting
+                connection.execute(f"PRAGMA {pragma}")
             return connection
 
         self.engine = create_sync_engine("sqlite://", creator=connect, poolclass=StaticPool, pool_reset_on_return=None)

@@ -83,7 +83,7 @@ HISTORY_CACHE_MESSAGES = 100_000
 # Model calls that may ask for tools in one turn; the call after the last of
 # them is made with tool_choice "none", so the turn always ends in words.
 MAX_TOOL_ROUNDS = 5
-# PostgreSQL: turns written in one statement at most (_TurnWrites).
+# Turns written in one statement (PostgreSQL) or transaction (SQLite) at most (_TurnWrites).
 WRITE_BATCH = 64
 # SQLite: history rows a turn reads on the event loop at most (db.LoopConnection);
 # a longer rest (a cold cache on a long chat) is read on the driver's thread.
