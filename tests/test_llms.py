@@ -769,17 +769,20 @@ def _nested_schema(levels: int) -> dict:
     return schema
 
 
-@pytest.mark.parametrize("levels", [100, 400])
-def test_deeply_nested_parameters_are_422_not_500(api: Api, levels: int) -> None:
+@pytest.mark.parametrize(("levels", "field"), [
+    (20, "general_tools[0].parameters"),  # deeper than parameters may be (MAX_PARAMETERS_DEPTH)
+    (100, "body"), (400, "body"),  # deeper than any JSON body may be (limits.MAX_DEPTH)
+])
+def test_deeply_nested_parameters_are_422_not_500(api: Api, levels: int, field: str) -> None:
     tool = {"type": "custom", "name": "t", "url": "https://x.example", "parameters": _nested_schema(levels)}
     error = assert_error(api.post(LLMS, {"display_name": "x", "general_tools": [tool]}), 422, "validation_error",
-                         "general_tools[0].parameters")
+                         field)
     assert "nested more than" in error["message"]
     edge = {"destination_state_name": "s", "description": "d", "parameters": _nested_schema(levels)}
     llm = create(api)
     assert_error(api.patch(f"{LLMS}/{llm['llm_id']}", {"states": [{"name": "s", "edges": [edge]}],
                                                         "starting_state": "s"}),
-                 422, "validation_error", "states[0].edges[0].parameters")
+                 422, "validation_error", "states[0].edges[0].parameters" if field != "body" else "body")
     assert get(api, llm["llm_id"]) == llm
 
 

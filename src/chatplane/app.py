@@ -13,7 +13,7 @@ from chatplane.chats.fast import CompletionFastPath
 from chatplane.chats.list_v3 import router as list_chats_v3_router
 from chatplane.chats.routes import router as chats_router
 from chatplane.errors import install_error_handlers
-from chatplane.limits import BodyLimit
+from chatplane.limits import InputGuard
 from chatplane.llms.routes import router as llms_router
 from chatplane.services import start, stop
 from chatplane.settings import Settings
@@ -71,11 +71,11 @@ def create_app(settings: Settings | None = None, *, fast_completions: bool = Tru
         return {"status": "ok"}
 
     if fast_completions:
-        # Inside BodyLimit (added after it runs first): sees only bodies within the limit.
+        # Inside InputGuard (added after it runs first): sees only bodies within the limit.
         app.add_middleware(CompletionFastPath)
     # Ours rather than Starlette's RequestBodyLimitMiddleware: that one lets
     # the route start (auth, validation) on a declared-oversized body and
     # answers in plain text; this one refuses before the app runs, in the
     # API's error shape.
-    app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(InputGuard, max_bytes=settings.server.max_body_bytes)
     return app

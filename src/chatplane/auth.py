@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chatplane.db import utcnow
-from chatplane.errors import NotFound, Unauthorized
+from chatplane.errors import NotFound, Unauthorized, shown
 from chatplane.models import ApiKey, ApiKeyWorkspace, Workspace
 
 KEY_PREFIX = "cp_"
@@ -95,7 +95,7 @@ async def list_keys(session: AsyncSession) -> list[tuple[ApiKey, list[int]]]:
 async def revoke_key(session: AsyncSession, *, key_id: int) -> ApiKey:
     key = await session.get(ApiKey, key_id)
     if key is None:
-        raise NotFound(f"API key {key_id} not found")
+        raise NotFound(f"API key {shown(key_id)} not found")
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await session.flush()

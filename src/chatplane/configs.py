@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.db import utcnow
 from chatplane.ids import new_id
-from chatplane.errors import NotFound
+from chatplane.errors import NotFound, shown
 from chatplane.models import ChatAgent, Llm
 from chatplane.pagination import PageRequest, fetch_page
 
@@ -29,7 +29,7 @@ PREFIXES: dict[type, str] = {Llm: "llm", ChatAgent: "chat_agent"}
 
 def not_found(model: type, id: str, version: int | None = None) -> NotFound:
     label, code = LABELS[model]
-    what = f"{label} {id}" + (f" version {version}" if version is not None else "")
+    what = f"{label} {shown(id)}" + (f" version {version}" if version is not None else "")
     return NotFound(f"{what} not found", code=code)
 
 

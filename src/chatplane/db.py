@@ -34,6 +34,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from chatplane import text
 from chatplane.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -70,11 +71,13 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     url = settings.resolved_database_url
     if not url.startswith("sqlite"):
         if not pooled:
-            return create_async_engine(url, poolclass=NullPool)
+            return create_async_engine(url, poolclass=NullPool, json_deserializer=text.loads)
         # Every connection is kept: the pool closes an overflow connection
         # when it is returned, and under load that meant a new connection
         # (and a new backend) every few turns.
-        return create_async_engine(url, pool_size=settings.db_pool_size, max_overflow=0, pool_use_lifo=True)
+        return create_async_engine(
+            url, pool_size=settings.db_pool_size, max_overflow=0, pool_use_lifo=True, json_deserializer=text.loads
+        )
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # One connection per process: several pooled SQLite connections in one
@@ -89,6 +92,9 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         # managers commit or roll back), so the pool's extra ROLLBACK on
         # check-in is a wasted round trip to the driver thread.
         pool_reset_on_return=None,
+        # A JSON column read back never carries a lone surrogate or NUL (rows
+        # stored before the edge refused them): see chatplane.text.
+        json_deserializer=text.loads,
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -334,7 +340,9 @@ class LoopConnection:
                 connection.execute(f"PRAGMA {pragma}")
             return connection
 
-        self.engine = create_sync_engine("sqlite://", creator=connect, poolclass=StaticPool, pool_reset_on_return=None)
+        self.engine = create_sync_engine(
+            "sqlite://", creator=connect, poolclass=StaticPool, pool_reset_on_return=None, json_deserializer=text.loads
+        )
         event.listen(self.engine, "begin", _begin_immediate)
 
     def run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
@@ -362,7 +370,8 @@ def _engine_in_thread(driver: Any) -> Engine:
     (already set up by ``create_engine``'s connect hook); used only on that
     connection's thread."""
     engine = create_sync_engine(
-        "sqlite://", creator=lambda: driver._conn, poolclass=StaticPool, pool_reset_on_return=None  # noqa: SLF001
+        "sqlite://", creator=lambda: driver._conn, poolclass=StaticPool, pool_reset_on_return=None,  # noqa: SLF001
+        json_deserializer=text.loads,
     )
     event.listen(engine, "begin", _begin_immediate)
     return engine

@@ -20,6 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 
+SHOWN = 64  # characters of a client's value an error message repeats
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message repeats it: a 10 KB id is not echoed whole."""
+    text = str(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
+
+
 class AppError(Exception):
     status: int = 500
     code: str = "internal_error"

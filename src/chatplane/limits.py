@@ -1,45 +1,150 @@
-"""Input guards that run before any route: the body-size limit, and NUL.
+"""Input guards that run before any route: one rule for what enters.
 
-PostgreSQL cannot store U+0000 in text or JSON, so a NUL anywhere in the
-path, the query or a JSON string would otherwise surface as a database error
-(a 500) on PostgreSQL and be stored on SQLite. It is refused up front, on
-every backend alike, with a 422.
+- A body over the size limit answers 413; a body sent compressed
+  (``Content-Encoding`` other than ``identity``) 415.
+- Every string that enters (the path, each query parameter, every string and
+  key of a JSON body) must be valid UTF-8 / Unicode with no NUL
+  (``text.bad_text``), else 422 naming the field: PostgreSQL cannot store NUL
+  and nobody can encode a lone surrogate, so either would otherwise be a 500
+  (or, on SQLite, a stored row that breaks every read of it).
+- A JSON body may nest at most ``MAX_DEPTH`` levels and carry only finite
+  numbers, integers within 64 bits: deeper documents make recursive code
+  (parsing, validation, rendering) overflow the stack, and a number out of
+  those ranges is refused by the databases.
+
+Form bodies (Twilio's webhooks) are not checked here: what Twilio sends is a
+person's text, which cannot be refused; the route keeps it ``text.clean``.
+Headers need no check: the HTTP parser refuses NUL and control bytes in
+them, and bytes read as Latin-1 are always valid Unicode.
+
+The body is read here once and replayed to the app; a JSON body's parsed
+document is left in the scope (``PARSED_JSON``) for the completion fast path.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatplane.text import bad_text
 
 DRAIN_LIMIT = 16 * 1024 * 1024
-# \u0000 in JSON text, not preceded by an escaped backslash.
-_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+MAX_DEPTH = 64
+INT64 = 2**63
+FIELD_SHOWN = 200  # a field path in an error is cut here (its keys are the client's)
+PARSED_JSON = "chatplane.json"  # scope key: the JSON body, parsed and checked
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
-def _nul_field(body: bytes) -> str:
-    """Where the first NUL sits in a JSON body, as an error field name."""
+class Refused(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def _invalid(field: str, message: str) -> Refused:
+    return Refused(422, "validation_error", message, field[:FIELD_SHOWN])
+
+
+def check_url(scope: Scope) -> None:
+    """The path and each query parameter: UTF-8 once percent-decoded, no NUL."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    if b"%" in raw_path or not raw_path.isascii() or "\x00" in scope["path"]:
+        _check_bytes(unquote_to_bytes(raw_path), "path")
+    query: bytes = scope["query_string"]
+    if query and (b"%" in query or not query.isascii()):
+        for part in query.split(b"&"):
+            name, _, value = part.partition(b"=")
+            shown = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8", "replace")
+            _check_bytes(unquote_to_bytes(name.replace(b"+", b" ")), shown or "query")
+            _check_bytes(unquote_to_bytes(value.replace(b"+", b" ")), shown or "query")
+
+
+def _check_bytes(data: bytes, field: str) -> None:
     try:
-        document = json.loads(body)
-    except ValueError:
-        return "body"
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid(field, "not valid UTF-8") from None
+    if "\x00" in decoded:
+        raise _invalid(field, "NUL (\\u0000) characters are not accepted")
 
-    def walk(node: object, path: str) -> str | None:
-        if isinstance(node, str):
-            return path if "\x00" in node else None
-        if isinstance(node, list):
-            items = enumerate(node)
-            return next((f for i, v in items if (f := walk(v, f"{path}[{i}]"))), None)
-        if isinstance(node, dict):
-            for key, value in node.items():
-                here = f"{path}.{key}" if path else key
-                if "\x00" in key or (found := walk(value, here)):
-                    return here if "\x00" in key else found
-        return None
 
-    return walk(document, "") or "body"
+def check_json(body: bytes) -> Any:
+    """The parsed document of a JSON body that follows the rule; raises ``Refused``."""
+    try:
+        document = body.decode("utf-8")
+    except UnicodeDecodeError:
+        hint = " (it looks compressed)" if body[:2] == b"\x1f\x8b" else (
+            " (it looks like UTF-16)" if b"\x00" in body[:4] else "")
+        raise _invalid("body", f"body is not UTF-8{hint}; send JSON encoded as UTF-8") from None
+    if document.count("[") + document.count("{") > MAX_DEPTH and _depth(document) > MAX_DEPTH:
+        raise _invalid("body", f"JSON nested more than {MAX_DEPTH} levels deep")
+    try:
+        value = json.loads(document, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except Refused:
+        raise
+    except (ValueError, RecursionError):
+        if "\x00" in document:  # a raw NUL is a control character JSON does not allow
+            raise _invalid("body", "NUL (\\u0000) characters are not accepted") from None
+        raise _invalid("body", "body is not valid JSON") from None
+    if "\\u" in document:  # only an escape brings a surrogate or NUL into the decoded strings
+        found = _bad_string(value, "")
+        if found:
+            raise _invalid(*found)
+    return value
+
+
+def _depth(document: str) -> int:
+    deepest = depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub('""', document)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _int(digits: str) -> int:
+    value = int(digits)
+    if not -INT64 <= value < INT64:
+        raise _invalid("body", f"integer out of range (64 bits): {digits[:40]}")
+    return value
+
+
+def _float(digits: str) -> float:
+    value = float(digits)
+    if not math.isfinite(value):
+        raise _invalid("body", f"number out of range: {digits[:40]}")
+    return value
+
+
+def _constant(name: str) -> float:
+    raise _invalid("body", f"{name} is not a JSON number")
+
+
+def _bad_string(node: Any, path: str) -> tuple[str, str] | None:
+    """The first string or key of ``node`` that ``bad_text`` refuses: (field, why)."""
+    if isinstance(node, str):
+        problem = bad_text(node)
+        return (path or "body", problem) if problem else None
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            if found := _bad_string(item, f"{path}[{index}]"):
+                return found
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            here = f"{path}.{key}" if path else key
+            if problem := bad_text(key):
+                return here.encode("utf-8", "chatplane.fffd").decode(), f"key: {problem}"
+            if found := _bad_string(item, here):
+                return found
+    return None
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:
@@ -57,8 +162,15 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class BodyLimit:
-    """Answers 413 for a body over ``max_bytes``, declared or streamed.
+def _content_type(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.decode("latin-1").partition(";")[0].strip().lower()
+    return ""
+
+
+class InputGuard:
+    """Applies the module's rule to every request before the app sees it.
 
     The body is read here (it is at most ``max_bytes``) and replayed to the
     app, so a route never sees a partial body.
@@ -72,13 +184,17 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
-            await self._refuse(send, 422, "validation_error", "NUL characters are not accepted in a URL", "path")
+        try:
+            check_url(scope)
+        except Refused as refused:
+            await self._refuse(send, refused)
             return
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._drain(receive, int(declared))
             await self._too_large(send)
@@ -100,11 +216,18 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if b"\x00" in body or (b"\\u0000" in body and _JSON_NUL.search(body)):
-            await self._refuse(
-                send, 422, "validation_error", "NUL (\\u0000) characters are not accepted", _nul_field(body)
-            )
+        if encoding not in (b"identity", b""):
+            await self._refuse(send, Refused(
+                415, "unsupported_media_type",
+                f"Content-Encoding {encoding.decode('latin-1')[:40]} is not accepted; send the body uncompressed"))
             return
+        content_type = _content_type(scope)
+        if body and content_type not in FORM_TYPES:
+            try:
+                scope[PARSED_JSON] = check_json(body)
+            except Refused as refused:
+                await self._refuse(send, refused)
+                return
         await self.app(scope, replay_body(body, receive), send)
 
     async def _drain(self, receive: Receive, declared: int | None) -> None:
@@ -126,20 +249,20 @@ class BodyLimit:
                 return
 
     async def _too_large(self, send: Send) -> None:
-        await self._refuse(
-            send, 413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes", None
-        )
+        await self._refuse(send, Refused(
+            413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"))
 
-    async def _refuse(self, send: Send, status: int, code: str, message: str, field: str | None) -> None:
-        error: dict[str, object] = {"code": code, "message": message}
-        if field:
-            error["field"] = field
-            error["details"] = [{"field": field, "message": message}]
+    async def _refuse(self, send: Send, refused: Refused) -> None:
+        error: dict[str, object] = {"code": refused.code, "message": refused.message}
+        if refused.field:
+            error["message"] = f"{refused.field}: {refused.message}"
+            error["field"] = refused.field
+            error["details"] = [{"field": refused.field, "message": refused.message}]
         payload = json.dumps({"error": error}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": status,
+                "status": refused.status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),

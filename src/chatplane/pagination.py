@@ -18,6 +18,7 @@ from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 
 from chatplane.errors import InvalidInput
+from chatplane.text import bad_text
 
 T = TypeVar("T")
 SortOrder = Literal["ascending", "descending"]
@@ -49,7 +50,7 @@ def decode_cursor(key: str, order: SortOrder) -> str:
         last_id, key_order = data["a"], data["o"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise InvalidInput("not a pagination key this server issued", field="paginationKey") from None
-    if not isinstance(last_id, str) or "\x00" in last_id:
+    if not isinstance(last_id, str) or bad_text(last_id) or len(last_id) > 64:
         raise InvalidInput("not a pagination key this server issued", field="paginationKey")
     if key_order != order[0]:
         raise InvalidInput("pagination key was issued for another sort order", field="paginationKey")

@@ -10,14 +10,13 @@ half-valid. Success queues the ``chat_analyzed`` webhook.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chatplane import jobs
+from chatplane import jobs, text
 from chatplane.chats import service
 from chatplane.chats.cost import chat_cost
 from chatplane.chats.lifecycle import ANALYZE_JOB, agent_config_of, emit
@@ -110,7 +109,7 @@ async def analyze(sessions: async_sessionmaker[AsyncSession], *, registry: Regis
         usage.append({"model": model, "prompt_tokens": reply.prompt_tokens,
                       "completion_tokens": reply.completion_tokens, "purpose": "analysis"})
         try:
-            candidate = json.loads(reply.content)
+            candidate = text.loads(reply.content)
         except ValueError:
             problem = "the model's answer is not JSON"
             continue

@@ -18,7 +18,6 @@ FastAPI. The route stays the documented one (OpenAPI) and the fallback.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -30,7 +29,7 @@ from chatplane.auth import bearer_token
 from chatplane.chats.routes import _json_answer
 from chatplane.chats.schemas import ChatCompletionRequest
 from chatplane.errors import AppError, app_error_response
-from chatplane.limits import replay_body
+from chatplane.limits import PARSED_JSON, replay_body
 
 # The route's own pattern: {chat_id} is one path segment.
 _COMPLETIONS = re.compile(r"/api/chats/([^/]+)/completions")
@@ -49,7 +48,7 @@ class CompletionFastPath:
         body, disconnected = await _read(receive)
         if disconnected:
             return
-        request = await _request(scope, body)
+        request = await _request(scope)
         if request is None:  # the route answers it, whatever the answer is
             await self.app(scope, replay_body(body, receive), send)
             return
@@ -78,7 +77,7 @@ async def _read(receive: Receive) -> tuple[bytes, bool]:
             return b"".join(chunks), False
 
 
-async def _request(scope: Scope, body: bytes) -> tuple[Any, ChatCompletionRequest, str | None] | None:
+async def _request(scope: Scope) -> tuple[Any, ChatCompletionRequest, str | None] | None:
     """The key's principal, the body and the Idempotency-Key, if nothing about
     the request needs the route's judgement; else None."""
     headers = Headers(scope=scope)
@@ -94,9 +93,11 @@ async def _request(scope: Scope, body: bytes) -> tuple[Any, ChatCompletionReques
     token = bearer_token(headers.get("authorization", ""))
     if token is None:
         return None
+    if PARSED_JSON not in scope:  # no body, or not JSON (InputGuard parsed and checked it)
+        return None
     try:
-        completion = ChatCompletionRequest.model_validate(json.loads(body))
-    except (ValueError, ValidationError):  # not JSON, or not this body
+        completion = ChatCompletionRequest.model_validate(scope[PARSED_JSON])
+    except ValidationError:  # not this body
         return None
     principal = await scope["app"].state.principals.get(token)
     if principal is None:

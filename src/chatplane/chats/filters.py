@@ -8,6 +8,10 @@ from ulid import ULID
 
 from chatplane.errors import InvalidInput
 
+# Chat ids hold milliseconds since 1970 (ULIDs); a datetime ends in year 9999.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+
 
 def id_at(moment: datetime) -> str:
     """The smallest chat id that a chat started at ``moment`` can have."""
@@ -24,4 +28,10 @@ def id_bound(value: str | None, *, field: str) -> str | None:
         raise InvalidInput("not an ISO 8601 date-time", field=field) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    try:
+        in_range = EARLIEST <= moment.astimezone(UTC) <= LATEST
+    except OverflowError:  # year 1 or 9999 moved past the ends by its offset
+        in_range = False
+    if not in_range:
+        raise InvalidInput("must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z", field=field)
     return id_at(moment)

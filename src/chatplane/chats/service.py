@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chatplane import configs
 from chatplane.chats.prompt import merge_variables, render, transcript
 from chatplane.db import get_scoped, utcnow
-from chatplane.errors import Conflict, NotFound
+from chatplane.errors import Conflict, NotFound, shown
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, Llm, SmsMessage
 from chatplane.pagination import PageRequest, fetch_page
@@ -23,7 +23,7 @@ _JSON = TypeAdapter(dict[str, Any])
 
 
 def chat_not_found(chat_id: str) -> NotFound:
-    return NotFound(f"chat {chat_id} not found", code="chat_not_found")
+    return NotFound(f"chat {shown(chat_id)} not found", code="chat_not_found")
 
 
 def chat_ended(chat: Any) -> Conflict:

@@ -13,7 +13,6 @@ connection errors; it honours ``Retry-After``). What still fails becomes a
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -23,6 +22,7 @@ import openai
 from openai import AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from chatplane import text
 from chatplane.providers.base import (
     ModelReply,
     ModelRequest,
@@ -65,10 +65,10 @@ class OpenAICompatible:
         }
         try:
             if on_delta is None:
-                # The raw response, read with json.loads: building the typed
+                # The raw response, read with text.loads: building the typed
                 # ChatCompletion cost a tenth of a turn's CPU.
                 raw = await self.client.post("/chat/completions", content=_body(kwargs), cast_to=httpx2.Response)
-                return self._reply(json.loads(raw.content))
+                return self._reply(text.loads(raw.content))  # a reply's bad code points become U+FFFD
             return await self._stream(kwargs, on_delta)
         except openai.APITimeoutError as exc:
             if _dropped(exc):
@@ -127,8 +127,9 @@ class OpenAICompatible:
                 for choice in chunk.choices or []:
                     delta = choice.delta
                     if delta and delta.content:
-                        parts.append(delta.content)
-                        await on_delta(delta.content)
+                        content = text.clean(delta.content)
+                        parts.append(content)
+                        await on_delta(content)
                     for call in (delta.tool_calls or []) if delta else []:
                         slot = calls.setdefault(
                             call.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
@@ -136,7 +137,7 @@ class OpenAICompatible:
                         slot["id"] = call.id or slot["id"]
                         if call.function:
                             slot["function"]["name"] += call.function.name or ""
-                            slot["function"]["arguments"] += call.function.arguments or ""
+                            slot["function"]["arguments"] += text.clean(call.function.arguments or "")
                     if choice.finish_reason:
                         reply.finish_reason = choice.finish_reason
         if reply.finish_reason is None:
