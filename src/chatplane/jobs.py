@@ -9,6 +9,8 @@
   written to be idempotent.
 - A failed attempt is retried with exponential backoff; after the last one
   the job is parked as ``failed`` with its error, visible and re-runnable.
+  A handler that knows retrying cannot help (a URL that may never be
+  called) raises ``Permanent`` to be parked at once.
 - Jobs that share an ``ordering_key`` (e.g. one chat's webhooks) run one at
   a time, oldest first.
 """
@@ -57,6 +59,11 @@ class RetryLater(Exception):
     def __init__(self, message: str, *, after_s: float | None = None) -> None:
         super().__init__(message)
         self.after_s = after_s
+
+
+class Permanent(Exception):
+    """A handler says this job can never succeed: it is parked as ``failed``
+    with this message now, whatever attempts it has left."""
 
 
 @dataclass
@@ -220,6 +227,9 @@ class Worker:
             await fn(context, job.payload)
         except RetryLater as exc:
             await self._finish(job, error=str(exc), retry_after=exc.after_s, counts=False)
+        except Permanent as exc:
+            log.warning("job %s (%s) failed for good: %s", job.id, job.kind, exc)
+            await self._finish(job, error=str(exc)[:2000], final=True)
         except Exception as exc:  # a handler's failure is data: recorded, retried, parked
             log.warning("job %s (%s) attempt %s failed: %s", job.id, job.kind, job.attempts, exc)
             await self._finish(job, error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -227,13 +237,14 @@ class Worker:
             await self._finish(job)
 
     async def _finish(
-        self, job: Job, *, error: str | None = None, retry_after: float | None = None, counts: bool = True
+        self, job: Job, *, error: str | None = None, retry_after: float | None = None, counts: bool = True,
+        final: bool = False,
     ) -> None:
         now = self.clock()
         values: dict[str, Any]
         if error is None:
             values = {"status": "done", "finished_at": now, "lease_until": None, "last_error": None}
-        elif counts and job.attempts >= job.max_attempts:
+        elif final or (counts and job.attempts >= job.max_attempts):
             values = {"status": "failed", "finished_at": now, "lease_until": None, "last_error": error}
         else:
             delay = retry_after if retry_after is not None else backoff_s(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from copy import copy
 from typing import Annotated, Any, Literal, Optional, Union
-from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
+from chatplane import outbound
 from chatplane.errors import FieldError, InvalidInput
 
 
@@ -21,9 +21,11 @@ class StrictModel(BaseModel):
 
 
 def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("must be an absolute http(s) URL")
+    # The syntax half of the outbound rule: a URL that could never be called
+    # (or that resolvers read differently) is refused once, here, instead of
+    # failing at every call. Whether its address is public is decided at call
+    # time: that depends on a setting and on DNS.
+    outbound.parse_url(value)
     return value
 
 

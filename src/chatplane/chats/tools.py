@@ -259,8 +259,8 @@ class ToolRunner:
             body = ""
             params = {**{k: v if isinstance(v, str) else json.dumps(v) for k, v in args.items()}, **params}
         try:
-            url = httpx.URL(tool["url"]).copy_merge_params(params)
-        except (httpx.InvalidURL, ValueError) as exc:
+            url = outbound.parse_url(tool["url"]).copy_merge_params(params)
+        except (outbound.BadURL, httpx.InvalidURL, ValueError) as exc:
             return _failed(f"{name}: bad URL: {exc}")
         timeout_s = tool.get("timeout_ms", 120_000) / 1000
         attempts = tool.get("max_retry", 2) + 1
@@ -280,7 +280,7 @@ class ToolRunner:
                 async with asyncio.timeout(timeout_s):
                     status, text = await self._send(method, url, body, headers, timeout_s)
             except ToolRefused as exc:
-                return _failed(f"{name}: refused: {exc}")
+                return _failed(f"{name}: {exc}")  # outbound.REFUSED: never what the host resolved to
             except _TooLarge:
                 return _failed(f"{name}: response too large (over {MAX_RESPONSE_BYTES} bytes)")
             except (TimeoutError, httpx.TimeoutException):
@@ -307,7 +307,7 @@ class ToolRunner:
         the very address that was checked (so a DNS answer that changes in
         between cannot point it elsewhere), with the original Host and TLS name."""
         host = url.host
-        address = await self._checked_address(host, url.port or (443 if url.scheme == "https" else 80))
+        address = await self._checked_address(url)
         headers = {**headers, "Host": url.netloc.decode("ascii")}
         extensions: dict[str, Any] = {}
         if url.scheme == "https":
@@ -333,9 +333,9 @@ class ToolRunner:
             text = b"".join(chunks).decode(response.charset_encoding or "utf-8", errors="replace")
             return response.status_code, text
 
-    async def _checked_address(self, host: str, port: int) -> str:
+    async def _checked_address(self, url: httpx.URL) -> str:
         try:
-            return await outbound.resolve(host, port, allow_private=self.allow_private_networks)
+            return await outbound.resolve_url(url, allow_private=self.allow_private_networks)
         except outbound.PrivateAddress as exc:
             raise ToolRefused(str(exc)) from None
 

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatplane import jobs, outbound
+from chatplane import jobs, outbound, text
 from chatplane.db import utcnow
 from chatplane.errors import AppError, InvalidInput
 from chatplane.ids import new_id
@@ -46,8 +46,9 @@ class SignatureInvalid(AppError):
 
 
 def _clean(value: str) -> str:
-    # A NUL cannot be stored in PostgreSQL text and means nothing in a text message.
-    return value.replace("\x00", "")
+    # A person's text cannot be refused: a NUL (PostgreSQL cannot store it)
+    # or a lone surrogate in it is kept as U+FFFD (chatplane.text).
+    return text.clean(value)
 
 
 async def receive_text(
@@ -177,14 +178,16 @@ async def ask_inbound_webhook(
     custom tools it may not reach private addresses unless allowed.
     """
     try:
-        parsed = httpx.URL(url)
-        await outbound.resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80),
-                               allow_private=allow_private)
-    except outbound.PrivateAddress as exc:
+        # parse_url again: URLs saved before they were checked on save.
+        await outbound.resolve_url(outbound.parse_url(url), allow_private=allow_private)
+    except outbound.BadURL as exc:
         log.warning("inbound SMS webhook %s refused: %s", url, exc)
         return None
-    except (httpx.HTTPError, httpx.InvalidURL):
-        pass  # unresolvable or malformed: the tries below report it
+    except outbound.PrivateAddress as exc:
+        log.warning("inbound SMS webhook %s: %s", url, exc)  # says outbound.REFUSED, not the address
+        return None
+    except httpx.HTTPError:
+        pass  # unresolvable, perhaps for now: the tries below report it
     payload = {
         "event": "chat_inbound",
         "chat_inbound": {

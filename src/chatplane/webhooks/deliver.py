@@ -18,6 +18,9 @@ A delivery (``events.enqueue_event``) is sent by one ``webhook.deliver`` job:
 - 410 Gone is taken as the receiver saying "stop": the delivery is ``failed``
   at once, without retries, and the chat's next events go ahead. It can still
   be sent again with ``redeliver``.
+- A URL that may not be called (malformed, or not a public address:
+  ``chatplane.outbound``) is not called: the attempt is logged as refused,
+  the delivery is ``failed`` and the job too (``jobs.Permanent``), at once.
 - No database connection is held while the receiver answers: read, send,
   record are three separate steps (on SQLite a transaction holds the only
   write lock).
@@ -40,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs, outbound
 from chatplane.db import get_scoped, transaction, utcnow
-from chatplane.errors import NotFound
+from chatplane.errors import NotFound, shown
 from chatplane.models import Chat, ChatAgent, WebhookDelivery, Workspace
 from chatplane.pagination import PageRequest, fetch_page
 from chatplane.signing import HEADER as SIGNATURE_HEADER
@@ -134,6 +137,10 @@ async def deliver(context: jobs.JobContext, payload: dict[str, Any]) -> None:
             delivery.status, delivery.delivered_at = "delivered", utcnow()
         elif delivery.status != "delivered":  # another run may have delivered meanwhile
             delivery.status = "failed" if final else "pending"
+    if refused is not None:
+        # Retrying would only be refused again, for hours: the job is parked
+        # now, and redeliver can send it once the URL or the setting changes.
+        raise jobs.Permanent(f"webhook {delivery_id} attempt {number}: {refused}")
     if not delivered and not gone:
         # Retried with backoff; after the job's last attempt the job is parked
         # as failed with this error, beside the delivery marked failed above.
@@ -141,7 +148,7 @@ async def deliver(context: jobs.JobContext, payload: dict[str, Any]) -> None:
 
 
 async def _refused(url: str, *, allow_private: bool) -> str | None:
-    """Why this URL may not be called (a private address), or None.
+    """Why this URL may not be called (malformed, or not a public address), or None.
 
     Checked before each attempt; the connection itself is then made by name,
     so a host that re-resolves between the check and the call (DNS
@@ -149,13 +156,14 @@ async def _refused(url: str, *, allow_private: bool) -> str | None:
     not yet.
     """
     try:
-        parsed = httpx.URL(url)
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        await outbound.resolve(parsed.host, port, allow_private=allow_private)
-    except outbound.PrivateAddress as exc:
+        # parse_url again: URLs saved before they were checked on save.
+        await outbound.resolve_url(outbound.parse_url(url), allow_private=allow_private)
+    except outbound.BadURL as exc:
         return f"refused: {exc}"
-    except (httpx.HTTPError, httpx.InvalidURL):
-        return None  # unresolvable or malformed: the attempt itself reports it
+    except outbound.PrivateAddress as exc:
+        return str(exc)
+    except httpx.HTTPError:
+        return None  # unresolvable, perhaps for now: the attempt itself reports it
     return None
 
 
@@ -192,7 +200,7 @@ async def _post(
 
 
 def delivery_not_found(delivery_id: str) -> NotFound:
-    return NotFound(f"webhook delivery {delivery_id} not found", code="webhook_delivery_not_found")
+    return NotFound(f"webhook delivery {shown(delivery_id)} not found", code="webhook_delivery_not_found")
 
 
 async def list_deliveries(
