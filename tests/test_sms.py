@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,16 +25,17 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import select, text
 from twilio.request_validator import RequestValidator
 
-from chatplane import signing
+from chatplane import jobs, signing
 from chatplane.chats import lifecycle
 from chatplane.db import utcnow
-from chatplane.models import PhoneNumber, SmsMessage
+from chatplane.ids import new_id
+from chatplane.models import Job, PhoneNumber, SmsMessage
 from chatplane.settings import JobSettings, SmsSettings
 from chatplane.sms.inbound import ask_inbound_webhook
-from chatplane.sms.service import pick_agent
+from chatplane.sms.service import SEND_JOB, pick_agent
 from chatplane.sms.twilio import split_text
 from chatplane.testing import Fail, Reply, ScriptedModel
 from tests.chat_helpers import make_agent, make_llm
@@ -460,7 +461,7 @@ def test_a_model_failure_texts_an_apology_and_leaves_the_chat_as_it_was(
     ]
 
 
-def test_a_nul_in_a_text_is_dropped_not_a_500(
+def test_a_nul_in_a_text_is_kept_as_u_fffd_not_a_500(
     mine: Api, sms: Backend, twilio: FakeTwilio, model: ScriptedModel
 ) -> None:
     number = make_number(mine, [sms_agent(mine)])
@@ -469,7 +470,7 @@ def test_a_nul_in_a_text_is_dropped_not_a_500(
     say_by_sms(sms, number, user, f"a\x00b {token}")
     texts_to(twilio, user)
     [logged] = sms_log(sms, user_number=user, direction="inbound")
-    assert logged.body == f"ab {token}"
+    assert logged.body == f"a\ufffdb {token}"
 
 
 def test_an_ended_chat_is_not_continued_a_new_one_starts(
@@ -706,6 +707,139 @@ def test_twilio_failures_are_retried_and_refusals_are_not(
     [failed] = eventually(lambda: [t for t in sms_log(sms, user_number=refused, direction="outbound")
                                    if t.status == "failed"], what="the refused text")
     assert "21211" in failed.error and twilio.sent_to(refused) == []
+
+
+def outbound_texting(api: Api) -> tuple[Number, str]:
+    """A number whose outbound chat texts one begin message, and a new person to text."""
+    agent = sms_agent(api, begin_message=f"Your code is {uuid.uuid4().hex[:6]}.")
+    return make_number(api, outbound_sms_agents=[{"agent_id": agent["agent_id"], "weight": 1}]), a_number()
+
+
+def text_first(api: Api, number: Number, user: str) -> None:
+    response = api.post("/api/chats/sms", {"from_number": number.number, "to_number": user})
+    assert response.status_code == 201, response.text
+
+
+def settled(sms: Backend, user: str) -> SmsMessage:
+    """The one text to ``user`` once every job about it has finished (its retries included)."""
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        query = select(SmsMessage).where(SmsMessage.user_number == user, SmsMessage.direction == "outbound")
+        [text_out] = (await session.scalars(query)).all()
+        statuses = list((await session.scalars(select(Job.status).where(Job.dedupe_key == text_out.id))).all())
+        if not statuses or any(s not in ("done", "failed") for s in statuses):
+            return None
+        # Read again: what the finished jobs wrote.
+        return await session.scalar(query.execution_options(populate_existing=True))
+
+    return eventually(lambda: sms.run(work), what=f"the jobs of the text to {user} to finish")
+
+
+def test_a_message_sid_that_collides_is_kept_and_the_text_is_not_sent_again(
+    mine: Api, sms: Backend, twilio: FakeTwilio
+) -> None:
+    number, user = outbound_texting(mine)
+    # A SID already stored: an inbound text's (rejected: the number has no inbound agents).
+    taken = "SM" + uuid.uuid4().hex
+    say_by_sms(sms, number, a_number(), "hello?", sid=taken)
+    eventually(lambda: sms_log(sms, twilio_sid=taken), what="the inbound text")
+    twilio.answer_with(user, taken)
+
+    text_first(mine, number, user)
+    sent = settled(sms, user)
+    assert len(twilio.sent_to(user)) == 1
+    assert sent.status == "sent" and sent.sent_at is not None and sent.twilio_sid is None
+    assert taken in sent.error and "already recorded" in sent.error
+    [holder] = sms_log(sms, twilio_sid=taken)
+    assert holder.direction == "inbound"  # untouched
+
+
+@pytest.fixture
+def blocked_bookkeeping(sms: Backend) -> Iterator[Callable[[str, bool], None]]:
+    """A real failure of the write that records a text as sent: while a
+    person's number is blocked, the database refuses to store a Twilio SID on
+    their texts (a trigger)."""
+    if sms.kind == "postgresql":
+        setup = [
+            "CREATE TABLE test_sid_blocks (user_number text PRIMARY KEY)",
+            """CREATE FUNCTION test_block_sid() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                 IF NEW.twilio_sid IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM test_sid_blocks WHERE user_number = NEW.user_number) THEN
+                   RAISE EXCEPTION 'the test blocks this write';
+                 END IF;
+                 RETURN NEW;
+               END $$""",
+            """CREATE TRIGGER test_block_sid BEFORE UPDATE ON sms_messages
+               FOR EACH ROW EXECUTE FUNCTION test_block_sid()""",
+        ]
+        teardown = ["DROP TRIGGER test_block_sid ON sms_messages", "DROP FUNCTION test_block_sid()",
+                    "DROP TABLE test_sid_blocks"]
+    else:
+        setup = [
+            "CREATE TABLE test_sid_blocks (user_number TEXT PRIMARY KEY)",
+            """CREATE TRIGGER test_block_sid BEFORE UPDATE ON sms_messages
+               WHEN NEW.twilio_sid IS NOT NULL
+                    AND NEW.user_number IN (SELECT user_number FROM test_sid_blocks)
+               BEGIN SELECT RAISE(ABORT, 'the test blocks this write'); END""",
+        ]
+        teardown = ["DROP TRIGGER test_block_sid", "DROP TABLE test_sid_blocks"]
+
+    def execute(statements: list[str], **params: Any) -> None:
+        async def work(session):  # type: ignore[no-untyped-def]
+            for statement in statements:
+                await session.execute(text(statement), params)
+
+        sms.run(work)
+
+    def block(user: str, blocked: bool) -> None:
+        statement = ("INSERT INTO test_sid_blocks (user_number) VALUES (:user)" if blocked
+                     else "DELETE FROM test_sid_blocks WHERE user_number = :user")
+        execute([statement], user=user)
+
+    execute(setup)
+    try:
+        yield block
+    finally:
+        execute(teardown)
+
+
+def test_a_failed_bookkeeping_write_is_retried_and_the_text_is_not_sent_again(
+    mine: Api, sms: Backend, twilio: FakeTwilio, blocked_bookkeeping: Callable[[str, bool], None]
+) -> None:
+    number, user = outbound_texting(mine)
+    blocked_bookkeeping(user, True)
+    text_first(mine, number, user)
+    [accepted] = texts_to(twilio, user)
+    time.sleep(0.4)  # a few retries' worth (backoff 0.05-0.2 s): every write fails meanwhile
+    assert len(twilio.sent_to(user)) == 1
+    # Readable meanwhile: handed to Twilio, its answer not yet recorded.
+    [pending] = sms_log(sms, user_number=user, direction="outbound")
+    assert (pending.status, pending.twilio_sid) == ("sending", None)
+
+    blocked_bookkeeping(user, False)
+    sent = eventually(lambda: t if (t := settled(sms, user)).twilio_sid else None, what="the SID recorded")
+    assert (sent.status, sent.twilio_sid, sent.error) == ("sent", accepted.sid, None) and sent.sent_at
+    assert len(twilio.sent_to(user)) == 1
+
+
+def test_a_text_found_sending_on_a_retry_is_not_sent_again(mine: Api, sms: Backend, twilio: FakeTwilio) -> None:
+    # The worker died after marking the text `sending`: Twilio may have taken it, or not.
+    number, user = outbound_texting(mine)
+
+    async def interrupted(session):  # type: ignore[no-untyped-def]
+        row = SmsMessage(
+            id=new_id("sms"), workspace_id=mine.ws, direction="outbound", agent_number=number.number,
+            user_number=user, body="Did this go out?", media=[], status="sending", created_at=utcnow(),
+        )
+        session.add(row)
+        await session.flush()
+        await jobs.enqueue(session, SEND_JOB, {"sms_id": row.id}, dedupe_key=row.id, max_attempts=6)
+
+    sms.run(interrupted)
+    given_up = settled(sms, user)
+    assert given_up.status == "failed" and "may have gone out" in given_up.error
+    assert twilio.sent_to(user) == []
 
 
 def test_deleting_an_sms_chat_deletes_its_texts(mine: Api, sms: Backend, twilio: FakeTwilio) -> None:

@@ -3,7 +3,9 @@
 
 Records every text it is asked to send (with the Basic credentials it came
 with) and answers 201 with a message resource, or, when a failure was
-scripted for the recipient, Twilio's error document with that status.
+scripted for the recipient, Twilio's error document with that status. A
+recipient's next message SIDs may be scripted too (Twilio's are unique; a
+test can make one collide with a SID already stored).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class FakeTwilio:
     def __init__(self) -> None:
         self.texts: list[SentText] = []
         self.failures: dict[str, deque[Failure]] = defaultdict(deque)
+        self.sids: dict[str, deque[str]] = defaultdict(deque)
         self.lock = threading.Lock()
         fake = self
 
@@ -63,8 +66,10 @@ class FakeTwilio:
                     queued = fake.failures.get(form.get("To", ""))
                     failure = queued.popleft() if queued else None
                     if failure is None:
+                        scripted = fake.sids.get(form.get("To", ""))
+                        sid = scripted.popleft() if scripted else "SM" + uuid.uuid4().hex
                         text = SentText(match.group(1), username, password, form.get("To", ""),
-                                        form.get("From", ""), form.get("Body", ""), "SM" + uuid.uuid4().hex)
+                                        form.get("From", ""), form.get("Body", ""), sid)
                         fake.texts.append(text)
                 if failure is not None:
                     return self._answer(failure.status, {"code": failure.code, "message": failure.message,
@@ -100,6 +105,11 @@ class FakeTwilio:
         """The next texts to ``to`` fail like this, one failure each."""
         with self.lock:
             self.failures[to].extend(failures)
+
+    def answer_with(self, to: str, *sids: str) -> None:
+        """The next texts to ``to`` that are accepted get these message SIDs, one each."""
+        with self.lock:
+            self.sids[to].extend(sids)
 
     def sent_to(self, to: str) -> list[SentText]:
         with self.lock:

@@ -297,8 +297,10 @@ class SmsMessage(Base):
 
     Inbound: ``pending`` until a turn takes it (``batched``, with the turn's
     key in ``batch``), then ``answered``; or ``rejected`` / ``failed``.
-    Outbound: ``queued`` until Twilio accepts it (``sent``) or refuses it
-    (``failed``).
+    Outbound: ``queued``, then ``sending`` while Twilio is asked, then
+    ``sent`` (Twilio accepted it) or ``failed`` (refused, given up, or found
+    ``sending`` by a later run: never sent twice). A plain string, no enum or
+    CHECK: a new status needs no migration.
     """
 
     __tablename__ = "sms_messages"

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chatplane import configs, jobs
 from chatplane.chats.service import create_chat
 from chatplane.db import get_scoped, utcnow
-from chatplane.errors import Conflict, InvalidInput, NotFound
+from chatplane.errors import Conflict, InvalidInput, NotFound, shown
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, PhoneNumber, SmsMessage
 from chatplane.pagination import PageRequest, fetch_page
@@ -34,7 +34,7 @@ CREDENTIAL_FIELDS = ("twilio_account_sid", "twilio_auth_token")
 
 
 def phone_number_not_found(number: str) -> NotFound:
-    return NotFound(f"phone number {number} not found", code="phone_number_not_found")
+    return NotFound(f"phone number {shown(number)} not found", code="phone_number_not_found")
 
 
 def conversation_key(agent_number: str, user_number: str) -> str:

@@ -17,14 +17,19 @@
 A model failure leaves the chat as it was (a turn is stored whole or not
 at all); the batch is marked failed and the user is texted an apology.
 
-``sms.send``: one queued text to Twilio. Twilio refusing it (a 4xx) fails it
-for good; Twilio unreachable or failing is retried with backoff.
+``sms.send``: one queued text to Twilio, at most once (marked ``sending``
+before the call; a run that finds it ``sending`` fails it rather than risk
+a second copy). Twilio refusing it (a 4xx) fails it for good; Twilio
+unreachable or failing is retried with backoff. Twilio's answer is written
+on its own: a write that fails becomes an ``sms.record`` job, retried
+without sending again.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -244,45 +249,117 @@ async def _apologise(context: jobs.JobContext, texts: list[SmsMessage], *, chat_
 
 
 # --- sending ----------------------------------------------------------------------
+#
+# At most once: a person must never get the same text twice, and Twilio takes no
+# idempotency key. So the text is marked `sending` (committed) before Twilio is
+# called, and a run that finds it `sending` does not call Twilio again: an
+# earlier run died (or lost its lease) between the call and the write, and the
+# text may have gone out. What Twilio answered is then written in a transaction
+# of its own; when that write fails, the answer is queued as an `sms.record` job,
+# retried without anything being sent.
+
+RECORD_JOB = "sms.record"
+RECORD_ATTEMPTS = 12  # with the worker's backoff, about half an hour to an hour of retries
+MAYBE_SENT = (
+    "interrupted after it was handed to Twilio and before Twilio's answer was recorded: "
+    "it may have gone out, so it is not sent again"
+)
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    account_sid: str
+    auth_token: str
+    to: str
+    from_: str
+    body: str
 
 
 @jobs.handler(service.SEND_JOB)
 async def send(context: jobs.JobContext, payload: dict[str, Any]) -> None:
-    """Hand one queued text to Twilio. No connection is held while Twilio answers."""
-    settings = context.services.settings
+    """Hand one queued text to Twilio, at most once. No connection is held while Twilio answers."""
+    sms_id = payload["sms_id"]
+    outgoing = await _start_sending(context, sms_id)
+    if outgoing is None:
+        return
+    try:
+        sid = await send_sms(
+            context.services.settings.sms, account_sid=outgoing.account_sid, auth_token=outgoing.auth_token,
+            to=outgoing.to, from_=outgoing.from_, body=outgoing.body,
+        )
+    except TwilioRefused as exc:
+        await _record_answer(context, sms_id, status="failed", error=str(exc))
+        return
+    except TwilioUnavailable as exc:
+        # Not taken: queued again for the next attempt (the last one gives up). Should
+        # this write fail, the next attempt finds it `sending` and does not send it.
+        await _record(context.sessions, sms_id, status="failed" if context.last_attempt else "queued",
+                      error=str(exc))
+        raise
+    await _record_answer(context, sms_id, status="sent", sid=sid, sent_at=utcnow().isoformat())
+
+
+async def _start_sending(context: jobs.JobContext, sms_id: str) -> _Outgoing | None:
+    """Mark the text `sending` and return what to send; None when it is not to be sent."""
     async with transaction(context.sessions) as session:
-        text = await session.get(SmsMessage, payload["sms_id"])
-        if text is None or text.status != "queued":
-            return  # sent by an earlier run, or given up
+        text = await session.get(SmsMessage, sms_id, with_for_update=True)
+        if text is None or text.status not in ("queued", "sending"):
+            return None  # sent by an earlier run, or given up
+        if text.status == "sending":
+            log.warning("SMS %s was found sending: not sent again", sms_id)
+            text.status, text.error = "failed", MAYBE_SENT
+            return None
         number = await session.get(PhoneNumber, text.agent_number)
         if number is None or number.workspace_id != text.workspace_id:
             text.status, text.error = "failed", f"phone number {text.agent_number} is no longer configured"
-            return
+            return None
         try:
-            token = credentials.unseal(settings, number.twilio_auth_token)
+            token = credentials.unseal(context.services.settings, number.twilio_auth_token)
         except credentials.CredentialsUnreadable as exc:
             text.status, text.error = "failed", str(exc)
-            return
-        account_sid, to, from_, body = number.twilio_account_sid, text.user_number, text.agent_number, text.body
+            return None
+        text.status = "sending"
+        return _Outgoing(number.twilio_account_sid, token, text.user_number, text.agent_number, text.body)
+
+
+async def _record_answer(context: jobs.JobContext, sms_id: str, **answer: Any) -> None:
+    """Record what Twilio answered, now or by an ``sms.record`` job of its own."""
     try:
-        sid = await send_sms(settings.sms, account_sid=account_sid, auth_token=token, to=to, from_=from_, body=body)
-    except TwilioRefused as exc:
-        await _record_send(context, payload["sms_id"], status="failed", error=str(exc))
-        return
-    except TwilioUnavailable as exc:
-        await _record_send(context, payload["sms_id"], status="failed" if context.last_attempt else "queued",
-                           error=str(exc))
-        raise
-    await _record_send(context, payload["sms_id"], status="sent", sid=sid)
+        await _record(context.sessions, sms_id, **answer)
+    except Exception as exc:  # noqa: BLE001 - kept, not hidden: the job retries the write and shows its error
+        log.warning("SMS %s: recording Twilio's answer %s failed, queued to retry: %s", sms_id, answer, exc)
+        async with transaction(context.sessions) as session:
+            await jobs.enqueue(
+                session, RECORD_JOB, {"sms_id": sms_id, **answer}, dedupe_key=sms_id, max_attempts=RECORD_ATTEMPTS
+            )
 
 
-async def _record_send(
-    context: jobs.JobContext, sms_id: str, *, status: str, sid: str | None = None, error: str | None = None
+@jobs.handler(RECORD_JOB)
+async def record(context: jobs.JobContext, payload: dict[str, Any]) -> None:
+    """Write what Twilio answered for a text whose first write failed; Twilio is not called."""
+    await _record(context.sessions, **payload)
+
+
+async def _record(
+    sessions: Any, sms_id: str, *, status: str, sid: str | None = None, error: str | None = None,
+    sent_at: str | None = None,
 ) -> None:
-    async with transaction(context.sessions) as session:
+    """The text's outcome. A message SID already stored on another text (the unique
+    twilio_sid) is kept in ``error`` instead: the text did go out, and says so."""
+    async with transaction(sessions) as session:
         text = await session.get(SmsMessage, sms_id, with_for_update=True)
         if text is None:
-            return
+            return  # deleted with its chat meanwhile
         text.status, text.error = status, error
-        if sid is not None:
-            text.twilio_sid, text.sent_at = sid, utcnow()
+        if sent_at is not None:
+            text.sent_at = datetime.fromisoformat(sent_at)
+        if sid is None:
+            return
+        holder = await session.scalar(
+            select(SmsMessage.id).where(SmsMessage.twilio_sid == sid, SmsMessage.id != sms_id)
+        )
+        if holder is None:
+            text.twilio_sid = sid
+        else:
+            log.warning("SMS %s: Twilio's message SID %s is already recorded on %s", sms_id, sid, holder)
+            text.error = f"Twilio accepted it as message {sid}, a SID already recorded on {holder}: kept here only"
