@@ -30,6 +30,7 @@ from chatplane.app import create_app
 from chatplane.chats import locks as locks_module
 from chatplane.cli import run_in_transaction
 from chatplane.db import migrate
+from chatplane.http import uvicorn_options
 from chatplane.settings import ModelPrice, Provider, Settings
 from chatplane.testing import ScriptedModel
 
@@ -114,7 +115,7 @@ class ServerThread:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.app = create_app(settings, **app_options)
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", **uvicorn_options(settings.server))
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
 

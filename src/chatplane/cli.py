@@ -49,7 +49,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     print(f"chatplane listening on http://{host}:{port}  (database: {_safe_url(settings)})", flush=True)
-    return serve.run(host, port, args.workers, args.log_level)
+    return serve.run(settings.server, host, port, args.workers, args.log_level)
 
 
 def _safe_url(settings: Settings) -> str:

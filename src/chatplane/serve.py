@@ -29,15 +29,19 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from chatplane.http import uvicorn_options
+from chatplane.settings import ServerSettings
+
 logger = logging.getLogger("uvicorn.error")
 spawn = multiprocessing.get_context("spawn")
 STOP_TIMEOUT_S = 15  # a worker still finishing its responses after this is killed
 
 
-def run(host: str, port: int, workers: int, log_level: str) -> int:
-    """Serve the app until SIGINT/SIGTERM; the exit status."""
+def run(server: ServerSettings, host: str, port: int, workers: int, log_level: str) -> int:
+    """Serve the app until SIGINT/SIGTERM, with ``server``'s HTTP limits; the exit status."""
     options: dict[str, Any] = {
-        "app": "chatplane.app:create_app", "factory": True, "log_level": log_level, "access_log": False
+        "app": "chatplane.app:create_app", "factory": True, "log_level": log_level, "access_log": False,
+        **uvicorn_options(server),
     }
     # Elsewhere (macOS, the BSDs) SO_REUSEPORT exists but does not spread connections.
     if workers <= 1 or not (sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")):

@@ -8,13 +8,16 @@ Every field has a default, so a bare ``chatplane serve`` needs nothing.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -125,6 +128,43 @@ class ServerSettings(BaseModel):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="How long shutdown waits for turns still running."
     )
+    max_header_bytes: int = Field(
+        default=32_768, ge=1024,
+        description="A request line and headers larger than this, together, answer 431 and the connection "
+        "closes (nginx allows 32 KiB in all; Node 16 KiB).",
+    )
+    max_headers: int = Field(
+        default=100, ge=1,
+        description="A request with more header lines than this answers 431 (Apache's default limit).",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="A request whose headers are not complete this long after its first byte (or after the "
+        "connection opened, for its first request) answers 408 and the connection closes; one that sent "
+        "nothing is closed without an answer. Bounds slowloris clients.",
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0,
+        description="An idle keep-alive connection is closed this long after its last response (uvicorn's "
+        "`timeout_keep_alive`). Behind a proxy that reuses its connections here, keep it above the proxy's idle "
+        "timeout for them, so the proxy, not the server, closes an idle one (docs/deploy.md).",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Peers trusted to be a reverse proxy: from these, and only these, `X-Forwarded-For` gives "
+        "the client's address and `X-Forwarded-Proto` the scheme. Addresses or networks (`10.0.0.0/8`), a "
+        "list or comma-separated; `*` trusts every peer. Empty (the default, unlike uvicorn's 127.0.0.1): "
+        "the headers are ignored and the peer is the client.",
+    )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: `127.0.0.1,::1` (or a JSON list)
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 class Settings(BaseSettings):
