@@ -6,7 +6,9 @@ import json
 import time
 from typing import Any
 
+import pytest
 
+from chatplane.chats.routes import wants_event_stream
 from chatplane.testing import Reply, Truncate
 from tests.chat_helpers import make_chat, say
 from tests.conftest import Api, ScriptedModel
@@ -110,3 +112,29 @@ def test_stream_replays_an_idempotent_answer(api: Api, model: ScriptedModel) -> 
     status, events = stream_events(api, chat["chatId"], "hi", headers={"Idempotency-Key": "s-1"})
     assert status == 201 and events == [("done", first)]
     assert len(model.requests) == 1
+
+
+@pytest.mark.parametrize(("accept", "streams"), [
+    ("text/event-stream", True),
+    ("text/event-stream, application/json", True),
+    ("application/json;q=0.9, text/event-stream", True),
+    ("text/event-stream;q=0", False),
+    ("text/event-stream;q=0, */*", False),
+    ("text/event-stream;q=0.5, application/json", False),
+    ("*/*", False),
+    ("text/*", False),
+    ("", False),
+    ("not a type, text/event-stream", True),
+    ("application/x-not-event-stream", False),
+])
+def test_accept_is_read_with_its_qualities_on_both_paths(api: Api, model: ScriptedModel, accept: str,
+                                                         streams: bool) -> None:
+    assert wants_event_stream(accept) is streams
+    chat = make_chat(api)
+    model.push(Reply("one answer"))
+    response = api.http.post(f"/api/chats/{chat['chatId']}/completions",
+                             json={"workspaceId": api.ws, "content": "hi"}, headers={"Accept": accept})
+    assert response.status_code == 201, response.text
+    kind = "text/event-stream" if streams else "application/json"
+    assert response.headers["content-type"].startswith(kind)
+    assert bool(model.requests[-1].get("stream")) is streams

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from chatplane import auth
 from tests.conftest import Api, assert_error
@@ -71,6 +72,21 @@ def test_missing_or_malformed_workspace_id_names_the_field(api: Api) -> None:
 def test_unauthenticated_beats_validation(api: Api) -> None:
     response = httpx.post(f"{api.backend.url}/api/llms", content=b"{not json")
     assert_error(response, 401)
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"workspaceId": "\\ud800"}', b"[" * 100 + b"]" * 100,
+                                  b'{"n": NaN}'])
+@pytest.mark.parametrize("authorization", [None, "Bearer cp_not-a-key", "Basic eDp5"])
+def test_a_refused_body_without_a_valid_key_is_401(api: Api, body: bytes, authorization: str | None) -> None:
+    headers = {"content-type": "application/json"}
+    if authorization:
+        headers["authorization"] = authorization
+    response = httpx.post(f"{api.backend.url}/api/llms", content=body, headers=headers)
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == "Bearer"
+    # The same body with a valid key is refused for what it is.
+    response = api.http.post("/api/llms", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 422, "validation_error", "body" if b"ud800" not in body else "workspaceId")
 
 
 def test_malformed_json_is_422(api: Api) -> None:

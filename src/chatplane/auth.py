@@ -177,17 +177,27 @@ def bearer_token(authorization: str) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-async def get_principal(request: Request) -> Principal:
-    token = bearer_token(request.headers.get("authorization", ""))
+async def authenticate(principals: PrincipalCache, authorization: str) -> Principal:
+    """The caller an ``Authorization`` header names; raises ``Unauthorized``.
+
+    Used by the ``get_principal`` dependency and by ``InputGuard``, which asks
+    first when it refuses a body: a caller without a valid key learns only
+    that (401), never how its body was read.
+    """
+    token = bearer_token(authorization)
     if token is None:
         raise Unauthorized(
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await request.app.state.principals.get(token)
+    principal = await principals.get(token)
     if principal is None:
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return principal
+
+
+async def get_principal(request: Request) -> Principal:
+    return await authenticate(request.app.state.principals, request.headers.get("authorization", ""))
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

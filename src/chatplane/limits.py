@@ -17,6 +17,9 @@ person's text, which cannot be refused; the route keeps it ``text.clean``.
 Headers need no check: the HTTP parser refuses NUL and control bytes in
 them, and bytes read as Latin-1 are always valid Unicode.
 
+A refused body of a caller without a valid API key answers 401 instead:
+who may call is settled before what was sent.
+
 The body is read here once and replayed to the app; a JSON body's parsed
 document is left in the scope (``PARSED_JSON``) for the completion fast path.
 """
@@ -31,6 +34,8 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatplane.auth import authenticate
+from chatplane.errors import Unauthorized
 from chatplane.text import bad_text
 
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -45,9 +50,11 @@ _BRACKET = re.compile(r"[\[\]{}]")
 
 
 class Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
 
 
 def _invalid(field: str, message: str) -> Refused:
@@ -226,9 +233,19 @@ class InputGuard:
             try:
                 scope[PARSED_JSON] = check_json(body)
             except Refused as refused:
-                await self._refuse(send, refused)
+                await self._refuse(send, await self._unauthenticated(scope) or refused)
                 return
         await self.app(scope, replay_body(body, receive), send)
+
+    async def _unauthenticated(self, scope: Scope) -> Refused | None:
+        """A 401 for a caller without a valid key, which beats a refused body
+        as it beats validation in the routes (every JSON route needs a key)."""
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        try:
+            await authenticate(scope["app"].state.principals, authorization)
+        except Unauthorized as error:
+            return Refused(error.status, error.code, error.message, headers=error.headers)
+        return None
 
     async def _drain(self, receive: Receive, declared: int | None) -> None:
         """Read (and drop) what the client is still sending, up to a bound.
@@ -267,6 +284,7 @@ class InputGuard:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
                     (b"connection", b"close"),
+                    *((name.lower().encode(), value.encode()) for name, value in refused.headers.items()),
                 ],
             }
         )

@@ -26,7 +26,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatplane.auth import bearer_token
-from chatplane.chats.routes import _json_answer
+from chatplane.chats.routes import _json_answer, wants_event_stream
 from chatplane.chats.schemas import ChatCompletionRequest
 from chatplane.errors import AppError, app_error_response
 from chatplane.limits import PARSED_JSON, replay_body
@@ -81,7 +81,7 @@ async def _request(scope: Scope) -> tuple[Any, ChatCompletionRequest, str | None
     """The key's principal, the body and the Idempotency-Key, if nothing about
     the request needs the route's judgement; else None."""
     headers = Headers(scope=scope)
-    if "text/event-stream" in headers.get("accept", ""):
+    if wants_event_stream(headers.get("accept", "")):
         return None
     content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     if not (content_type == "application/json" or (content_type.startswith("application/")

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import mimeparse
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -32,7 +33,27 @@ from chatplane.pagination import PageQuery
 from chatplane.schemas import WorkspaceBody
 
 log = logging.getLogger(__name__)
+ANSWER_TYPES = ["application/json", "text/event-stream"]  # a tie goes to the last: streaming
 router = APIRouter(prefix="/api/chats", tags=["Chats"], responses=error_responses(401, 404, 422))
+
+def wants_event_stream(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for the streamed answer.
+
+    Only when it names ``text/event-stream`` with a quality above zero and
+    not below ``application/json``'s (``*/*`` and ``text/*`` alone get JSON,
+    the default answer). Ranges that do not parse are ignored.
+    """
+    if "event-stream" not in accept:
+        return False
+    ranges = []
+    for part in accept.split(","):
+        try:
+            mimeparse.parse_media_range(part)
+        except (mimeparse.MimeTypeParseException, ValueError):
+            continue
+        ranges.append(part)
+    return mimeparse.best_match(ANSWER_TYPES, ",".join(ranges)) == "text/event-stream"
+
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -168,7 +189,8 @@ async def delete_chat(chat_id: str, request: Request, workspace_id: QueryWorkspa
         "Send a user message into an existing chat and receive the assistant response messages.\n\n"
         "Completions on one chat run one at a time in arrival order. A turn is stored whole "
         "(user message and reply together) or not at all: a provider failure (502/504) leaves "
-        "the chat unchanged. With `Accept: text/event-stream` the answer streams as server-sent "
+        "the chat unchanged. With `Accept: text/event-stream` (named, quality above 0 and not below "
+        "`application/json`'s; `*/*` alone answers JSON) the answer streams as server-sent "
         "events: `delta` events `{\"content\"}` as text is generated, then one `done` event holding "
         "exactly the JSON answer (or one `error` event). A client that disconnects mid-stream "
         "does not stop the turn: it completes and is stored."
@@ -185,7 +207,7 @@ async def create_completion(
 ) -> Response:
     workspace_id = principal.require(body.workspace_id)
     turns: Turns = request.app.state.turns
-    if "text/event-stream" in request.headers.get("accept", ""):
+    if wants_event_stream(request.headers.get("accept", "")):
         return await _stream(request, turns, workspace_id, chat_id, body.content, idempotency_key)
     answer = await turns.run(
         workspace_id=workspace_id, chat_id=chat_id, content=body.content, idempotency_key=idempotency_key
