@@ -5,8 +5,13 @@ VENV   ?= .venv
 # "native" on a CPU with AMX, it runs AMX tile instructions that virtual
 # machines often do not enable (a segfault in ggml_backend_amx_mul_mat on the
 # first token); this portable AVX2 build runs on any x86-64 of the last decade.
-# Set CMAKE_ARGS yourself to build differently. pip caches the wheel it builds.
+# Set CMAKE_ARGS yourself to build differently. pip's wheel cache does not
+# know which CMAKE_ARGS built a wheel (a native wheel built by hand once was
+# taken from it by a later `make test`, and CI crashed on the first token), so
+# llama-cpp-python is installed first, without the cache: built here, with
+# these flags, whenever the venv does not have it yet.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA  := llama-cpp-python>=0.3.2
 
 .PHONY: serve test
 
@@ -15,6 +20,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 serve:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --no-cache-dir '$(LLAMA)'
 	$(VENV)/bin/pip install --quiet .
 	$(VENV)/bin/chatplane serve
 
@@ -23,6 +29,7 @@ serve:
 test:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --no-cache-dir '$(LLAMA)'
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	./scripts/ensure-postgres
 	$(VENV)/bin/pytest

@@ -5,8 +5,16 @@ Its wording depends on the CPU build, so these assert structure, not text.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 
+import pytest
+
+from chatplane.providers.base import ModelRequest
+from chatplane.providers.embedded import EmbeddedModel
+from chatplane.settings import EmbeddedModelSettings
 from tests.chat_helpers import make_agent, make_chat, say
 from tests.conftest import Api
 
@@ -44,3 +52,73 @@ def test_embedded_model_streams_deltas(api: Api) -> None:
     assert len(deltas) > 3
     assert events[-1][0] == "done"
     assert events[-1][1]["messages"][0]["content"] == "".join(deltas)
+
+
+class _SlowLlama:
+    """Stands in for ``llama_cpp.Llama`` to watch how chatplane drives it from
+    threads: counts generations running at once and chunks streamed."""
+
+    n_tokens = 0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+        self.streamed = 0
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+    def create_chat_completion(self, stream: bool = False, **_: object):  # type: ignore[no-untyped-def]
+        if stream:
+            return self._stream()
+        self._enter()
+        try:
+            time.sleep(0.05)
+            return {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {}}
+        finally:
+            self._leave()
+
+    def _stream(self):  # type: ignore[no-untyped-def]
+        self._enter()
+        try:
+            for _ in range(300):
+                time.sleep(0.01)
+                self.streamed += 1
+                yield {"choices": [{"delta": {"content": "x"}, "finish_reason": None}]}
+        finally:
+            self._leave()
+
+
+def test_a_cancelled_stream_stops_its_thread_before_the_next_generation_starts() -> None:
+    """A turn cancelled mid-stream (its client gone) lets go of the loop's lock
+    at once, but its thread runs on: the next generation must wait for that
+    thread (a ``Llama`` used by two threads at once crashes the process), and
+    the thread must stop at its next token rather than finish the reply."""
+    fake = _SlowLlama()
+    model = EmbeddedModel(EmbeddedModelSettings())
+    model._llm = fake
+    request = ModelRequest(messages=[{"role": "user", "content": "hi"}])
+
+    async def main() -> str:
+        first_delta = asyncio.Event()
+
+        async def on_delta(_: str) -> None:
+            first_delta.set()
+
+        streaming = asyncio.create_task(model.complete("m", request, on_delta))
+        await first_delta.wait()
+        streaming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await streaming
+        return (await model.complete("m", request)).content
+
+    assert asyncio.run(main()) == "ok"
+    assert fake.most_at_once == 1
+    assert fake.streamed < 100, fake.streamed  # stopped, not run to its 300 chunks

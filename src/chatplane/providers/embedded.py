@@ -3,6 +3,12 @@
 One generation at a time per process (a ``Llama`` is not thread-safe), run in
 a worker thread so the event loop keeps serving; streamed tokens cross back to
 the loop through a queue. Loaded on first use.
+
+A thread cannot be cancelled: when a turn is (a client gone mid-stream, a
+timeout), its generation runs on in the thread. So the one-at-a-time rule is a
+thread lock held by the generating thread itself, not only the loop's lock
+that a cancelled coroutine lets go of; a cancelled stream also tells its
+thread to stop at the next token.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ class EmbeddedModel:
         self.settings = settings
         self._llm: Any = None
         self._load_lock = threading.Lock()
-        self._busy = asyncio.Lock()
+        self._busy = asyncio.Lock()  # waiters wait on the loop, not in a thread
+        self._generating = threading.Lock()  # held by the thread that runs llama.cpp
 
     def _load(self) -> Any:
         with self._load_lock:
@@ -83,16 +90,23 @@ class EmbeddedModel:
             **request.options(json_schema_format=lambda schema: {"type": "json_object", "schema": schema}),
         }
         if on_delta is None:
-            result = await asyncio.to_thread(llm.create_chat_completion, **kwargs)
-            return _reply(result)
+            def generate() -> dict[str, Any]:
+                with self._generating:
+                    return llm.create_chat_completion(**kwargs)
+
+            return _reply(await asyncio.to_thread(generate))
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
 
         def produce() -> None:
             try:
-                for chunk in llm.create_chat_completion(stream=True, **kwargs):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                with self._generating:
+                    for chunk in llm.create_chat_completion(stream=True, **kwargs):
+                        if stop.is_set():
+                            break
+                        loop.call_soon_threadsafe(queue.put_nowait, chunk)
             except BaseException as exc:  # handed to the loop, raised there
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
@@ -102,16 +116,19 @@ class EmbeddedModel:
         parts: list[str] = []
         finish: str | None = None
         error: BaseException | None = None
-        while (item := await queue.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                error = item
-                continue
-            choice = item["choices"][0]
-            text = choice.get("delta", {}).get("content")
-            if text:
-                parts.append(text)
-                await on_delta(text)
-            finish = choice.get("finish_reason") or finish
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    error = item
+                    continue
+                choice = item["choices"][0]
+                text = choice.get("delta", {}).get("content")
+                if text:
+                    parts.append(text)
+                    await on_delta(text)
+                finish = choice.get("finish_reason") or finish
+        finally:
+            stop.set()  # cancelled or failed on the loop: the thread stops at its next token
         await worker
         if error is not None:
             raise error
