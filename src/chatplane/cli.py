@@ -1,4 +1,4 @@
-"""The ``chatplane`` command: serve, worker, migrate, workspaces, keys, jobs, chat."""
+"""The ``chatplane`` command: serve, worker, migrate, workspaces, keys, jobs, repair, chat."""
 
 from __future__ import annotations
 
@@ -181,6 +181,21 @@ def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(settings: Settings, args: argparse.Namespace) -> int:
+    from chatplane.repair import repair
+
+    async def main() -> Any:
+        engine = create_engine(settings, pooled=False)
+        try:
+            return await repair(engine, dry_run=args.dry_run)
+        finally:
+            await engine.dispose()
+
+    for line in asyncio.run(main()).lines():
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatplane", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     jr = jobs.add_parser("retry", help="queue a failed job again")
     jr.add_argument("job_id", type=int)
     jr.set_defaults(func=cmd_jobs_retry)
+
+    repair = commands.add_parser(
+        "repair", help="rewrite stored text no longer accepted (lone surrogates, NUL, bad UTF-8) as U+FFFD")
+    repair.add_argument("--dry-run", action="store_true", help="only count the rows it would rewrite")
+    repair.set_defaults(func=cmd_repair)
 
     chat = commands.add_parser("chat", help="talk to a chat agent from the terminal (needs a running server)")
     chat.add_argument("agent_id")
