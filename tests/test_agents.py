@@ -505,6 +505,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"timezone": "Mars/Olympus_Mons"}, "timezone", "unknown IANA time zone"),
     ({"timezone": "../../etc/passwd"}, "timezone", "unknown IANA time zone"),
     ({"timezone": ""}, "timezone", "unknown IANA time zone"),
+    ({"timezone": "x" * 300}, "timezone", "64"),  # ZoneInfo itself would fail on the path's length
     ({"webhook_url": "ftp://example.com/hook"}, "webhook_url", "http(s)"),
     ({"webhook_url": "not a url"}, "webhook_url", "http(s)"),
     ({"webhook_url": "https://"}, "webhook_url", "http(s)"),

@@ -167,6 +167,7 @@ def test_variable_precedence_and_system_variables(api: Api, model: ScriptedModel
     prompt = (
         "a={{a}} b={{b}} c={{c}} d={{d}} id={{chat_id}} unknown={{nope}} "
         "now={{current_time}} paris={{current_time_Europe/Paris}} bad={{current_time_Nowhere/Land}}"
+        f" long={{{{current_time_{'x' * 300}}}}}"  # a name the file system refuses (too long): no zone either
     )
     llm = make_llm(api, general_prompt=prompt, default_dynamic_variables={"a": "llm", "b": "llm", "c": "llm", "d": "llm"})
     agent = make_agent(api, llm, uponai_dynamic_variables={"b": "agent", "c": "agent", "d": "agent"},
@@ -178,7 +179,7 @@ def test_variable_precedence_and_system_variables(api: Api, model: ScriptedModel
     assert system.startswith(f"a=llm b=agent c=chat d=override id={chat['chatId']} unknown={{{{nope}}}} now=")
     assert "JST" in system.split("paris=")[0]
     assert "CET" in system.split("paris=")[1] or "CEST" in system.split("paris=")[1]
-    assert system.endswith("bad={{current_time_Nowhere/Land}}")
+    assert system.endswith(f"bad={{{{current_time_Nowhere/Land}}}} long={{{{current_time_{'x' * 300}}}}}")
 
 
 def test_state_prompt_is_added_to_the_general_prompt(api: Api, model: ScriptedModel) -> None:

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.auth import authenticate
 from chatplane.errors import Unauthorized
-from chatplane.text import bad_text
+from chatplane.text import bad_text, clean
 
 DRAIN_LIMIT = 16 * 1024 * 1024
 MAX_DEPTH = 64
@@ -58,7 +58,9 @@ class Refused(Exception):
 
 
 def _invalid(field: str, message: str) -> Refused:
-    return Refused(422, "validation_error", message, field[:FIELD_SHOWN])
+    """A 422 naming ``field``, which holds the client's own keys: shown cut
+    short, with what made it refused (NUL, a surrogate) as U+FFFD."""
+    return Refused(422, "validation_error", message, clean(field[:FIELD_SHOWN]))
 
 
 def check_url(scope: Scope) -> None:
@@ -148,7 +150,7 @@ def _bad_string(node: Any, path: str) -> tuple[str, str] | None:
         for key, item in node.items():
             here = f"{path}.{key}" if path else key
             if problem := bad_text(key):
-                return here.encode("utf-8", "chatplane.fffd").decode(), f"key: {problem}"
+                return here, f"key: {problem}"
             if found := _bad_string(item, here):
                 return found
     return None

@@ -1,5 +1,6 @@
 """Soak: a real ``chatplane serve`` on a SQLite file, driven at 50 requests/s for
-10 minutes (``CHATPLANE_SOAK_S`` shortens it for local runs; CI runs the default).
+2 minutes in CI; the full 10 minutes is ``CHATPLANE_SOAK_S=600 .venv/bin/pytest
+tests/reliability/test_soak.py -s`` (``CHATPLANE_SOAK_S`` sets any length).
 
 The load is open-loop: a request leaves every 20 ms whatever the server is
 doing, so a server that slows down falls behind instead of slowing the test
@@ -12,7 +13,7 @@ It fails on:
 - any response other than the expected status (or a timeout, or a reply that
   is not the echo of its message);
 - the server's resident memory growing by 10% or more between the end of the
-  warm-up (the first minute) and the end;
+  warm-up (the first third, at most a minute) and the end;
 - an achieved rate under 95% of 50/s (answers received within the window).
 
 The operations are drawn from a seeded generator; the seed is printed with
@@ -41,7 +42,7 @@ from tests.processes import KEY, free_port, server_env
 
 pytestmark = pytest.mark.soak
 
-DURATION_S = float(os.environ.get("CHATPLANE_SOAK_S", "600"))
+DURATION_S = float(os.environ.get("CHATPLANE_SOAK_S", "120"))
 WARMUP_S = min(60.0, DURATION_S / 3)
 RATE = 50.0  # requests per second
 MAX_RSS_GROWTH = 0.10

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal, Union
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, Field, model_validator
 
+from chatplane.chats.prompt import NOT_A_ZONE
 from chatplane.errors import FieldError
 from chatplane.schemas import (
     MAX_VERSION,
@@ -45,7 +46,7 @@ ResponseEngine = Annotated[Union[UponaiLlmEngine, ConversationFlowEngine], Field
 def _timezone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except NOT_A_ZONE:
         raise ValueError(f"unknown IANA time zone {value!r}") from None
     return value
 
@@ -64,7 +65,7 @@ class ChatAgentConfig(StrictModel):
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
     webhook_timeout_ms: int = Field(default=10_000, ge=1_000, le=120_000)
     timezone: Annotated[str, AfterValidator(_timezone)] = Field(
-        default="America/Los_Angeles", description="IANA zone used by `{{current_time}}`."
+        default="America/Los_Angeles", max_length=64, description="IANA zone used by `{{current_time}}`."
     )
     language: Locale | Annotated[list[Locale], Field(min_length=1)] = "en-US"
     is_public: bool = False

@@ -12,6 +12,11 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_./+-]+)\s*\}\}")
 _TIME_FORMAT = "%A, %B %d, %Y at %I:%M:%S %p %Z"
 
 
+# What ``ZoneInfo(name)`` raises for a name that is no zone: unknown, malformed,
+# or so long that the file system refuses the path (OSError: name too long).
+NOT_A_ZONE = (ZoneInfoNotFoundError, ValueError, OSError)
+
+
 def format_time(now: datetime, zone: str) -> str:
     return now.astimezone(ZoneInfo(zone)).strftime(_TIME_FORMAT)
 
@@ -45,7 +50,7 @@ def render(template: str | None, variables: Mapping[str, str], *, now: datetime,
         if name.startswith("current_time_"):
             try:
                 return format_time(now, name[len("current_time_"):])
-            except (ZoneInfoNotFoundError, ValueError):
+            except NOT_A_ZONE:
                 return match.group(0)
         return match.group(0)
 
