@@ -9,9 +9,11 @@ webhook tests), with fast job polling and a short burst window.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,7 +39,7 @@ from chatplane.models import Job, PhoneNumber, SmsMessage
 from chatplane.settings import JobSettings, SmsSettings
 from chatplane.sms.inbound import ask_inbound_webhook
 from chatplane.sms.service import SEND_JOB, pick_agent
-from chatplane.sms.twilio import split_text
+from chatplane.sms.twilio import TwilioMaybeSent, TwilioUnavailable, send_sms, split_text
 from chatplane.testing import Fail, Reply, ScriptedModel
 from tests.chat_helpers import make_agent, make_llm
 from tests.conftest import (
@@ -54,6 +57,7 @@ from tests.webhook_receiver import eventually
 PUBLIC_URL = "https://sms.chatplane.test"  # what Twilio is told; the signature covers it
 HOOK = "/webhooks/twilio/sms"
 BURST_S = 0.6
+TWILIO_TIMEOUT_S = 3.0  # what the server waits for Twilio's answer here
 
 
 # --- the server, Twilio, and the people texting --------------------------------
@@ -74,7 +78,8 @@ def sms(backend: Backend, tmp_path_factory: pytest.TempPathFactory, twilio: Fake
         jobs=JobSettings(poll_s=0.05, backoff_base_s=0.05, backoff_cap_s=0.2),
         public_url=PUBLIC_URL,
         allow_private_networks=True,  # the inbound webhook receivers are on loopback
-        sms=SmsSettings(twilio_api_base_url=twilio.url, burst_window_s=BURST_S, inbound_webhook_timeout_s=2),
+        sms=SmsSettings(twilio_api_base_url=twilio.url, burst_window_s=BURST_S, inbound_webhook_timeout_s=2,
+                        twilio_timeout_s=TWILIO_TIMEOUT_S),
     ) as served_backend:
         yield served_backend
 
@@ -707,6 +712,45 @@ def test_twilio_failures_are_retried_and_refusals_are_not(
     [failed] = eventually(lambda: [t for t in sms_log(sms, user_number=refused, direction="outbound")
                                    if t.status == "failed"], what="the refused text")
     assert "21211" in failed.error and twilio.sent_to(refused) == []
+
+
+def test_a_text_twilio_took_without_answering_in_time_is_never_sent_again(
+    mine: Api, sms: Backend, twilio: FakeTwilio
+) -> None:
+    """A read timeout: the request went out, Twilio may have taken it. Retrying
+    could text the person twice, so the text fails, saying why, and the job
+    does not send it again."""
+    number = make_number(mine, [sms_agent(mine)])
+    user = a_number()
+    twilio.stall(user, TWILIO_TIMEOUT_S + 2)
+    say_by_sms(sms, number, user, "hello")
+    text = eventually(lambda: sms_log(sms, user_number=user, direction="outbound") and settled(sms, user), timeout_s=30, what="the text's jobs to finish")
+    assert text.status == "failed" and "may have gone out" in text.error, text.error
+    assert len(twilio.sent_to(user)) == 1
+
+
+def test_twilio_unreachable_is_retried_and_no_answer_is_not(tmp_path: Path) -> None:
+    """Through real sockets: a refused connection never reached Twilio (retry);
+    a server that takes the request and never answers may have sent it (no retry)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        def attempt(port: int) -> None:
+            settings = SmsSettings(twilio_api_base_url=f"http://127.0.0.1:{port}", twilio_timeout_s=0.5)
+            asyncio.run(send_sms(settings, account_sid="AC" + "0" * 32, auth_token="t" * 32,
+                                 to="+15550100000", from_="+15550100001", body="hi"))
+
+        with pytest.raises(TwilioUnavailable, match="could not be reached"):
+            attempt(refused_port)
+        with pytest.raises(TwilioMaybeSent, match="may have gone out"):
+            attempt(silent.getsockname()[1])
+    finally:
+        silent.close()
 
 
 def outbound_texting(api: Api) -> tuple[Number, str]:

@@ -5,7 +5,8 @@ Records every text it is asked to send (with the Basic credentials it came
 with) and answers 201 with a message resource, or, when a failure was
 scripted for the recipient, Twilio's error document with that status. A
 recipient's next message SIDs may be scripted too (Twilio's are unique; a
-test can make one collide with a SID already stored).
+test can make one collide with a SID already stored), and its answers
+stalled (the text taken, the answer later than the client waits).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import base64
 import json
 import re
 import threading
+import time
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ class FakeTwilio:
         self.texts: list[SentText] = []
         self.failures: dict[str, deque[Failure]] = defaultdict(deque)
         self.sids: dict[str, deque[str]] = defaultdict(deque)
+        self.stalls: dict[str, float] = {}
         self.lock = threading.Lock()
         fake = self
 
@@ -71,6 +74,9 @@ class FakeTwilio:
                         text = SentText(match.group(1), username, password, form.get("To", ""),
                                         form.get("From", ""), form.get("Body", ""), sid)
                         fake.texts.append(text)
+                    stall = fake.stalls.get(form.get("To", ""), 0.0)
+                if stall:  # taken, and the answer comes too late for the client
+                    time.sleep(stall)
                 if failure is not None:
                     return self._answer(failure.status, {"code": failure.code, "message": failure.message,
                                                          "more_info": "https://www.twilio.com/docs/errors",
@@ -87,8 +93,11 @@ class FakeTwilio:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # a stalled answer's client is gone
+                    pass
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -105,6 +114,11 @@ class FakeTwilio:
         """The next texts to ``to`` fail like this, one failure each."""
         with self.lock:
             self.failures[to].extend(failures)
+
+    def stall(self, to: str, seconds: float) -> None:
+        """Texts to ``to`` are taken (recorded as sent) but answered only after ``seconds``."""
+        with self.lock:
+            self.stalls[to] = seconds
 
     def answer_with(self, to: str, *sids: str) -> None:
         """The next texts to ``to`` that are accepted get these message SIDs, one each."""

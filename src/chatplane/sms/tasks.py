@@ -19,8 +19,10 @@ at all); the batch is marked failed and the user is texted an apology.
 
 ``sms.send``: one queued text to Twilio, at most once (marked ``sending``
 before the call; a run that finds it ``sending`` fails it rather than risk
-a second copy). Twilio refusing it (a 4xx) fails it for good; Twilio
-unreachable or failing is retried with backoff. Twilio's answer is written
+a second copy). Twilio refusing it (a 4xx) fails it for good, and so does no
+answer after the request went out (a read timeout: it may have been sent);
+Twilio unreachable (no connection made) or answering 5xx/429 is retried with
+backoff. Twilio's answer is written
 on its own: a write that fails becomes an ``sms.record`` job, retried
 without sending again.
 """
@@ -43,7 +45,7 @@ from chatplane.ids import new_id
 from chatplane.models import Chat, ChatMessage, PhoneNumber, SmsMessage
 from chatplane.sms import credentials, service
 from chatplane.sms.inbound import ANSWER_JOB, InboundDecision, ask_inbound_webhook
-from chatplane.sms.twilio import TwilioRefused, TwilioUnavailable, send_sms
+from chatplane.sms.twilio import TwilioMaybeSent, TwilioRefused, TwilioUnavailable, send_sms
 from chatplane.webhooks.deliver import ensure_webhook_key
 
 log = logging.getLogger(__name__)
@@ -287,7 +289,7 @@ async def send(context: jobs.JobContext, payload: dict[str, Any]) -> None:
             context.services.settings.sms, account_sid=outgoing.account_sid, auth_token=outgoing.auth_token,
             to=outgoing.to, from_=outgoing.from_, body=outgoing.body,
         )
-    except TwilioRefused as exc:
+    except (TwilioRefused, TwilioMaybeSent) as exc:  # never sent again
         await _record_answer(context, sms_id, status="failed", error=str(exc))
         return
     except TwilioUnavailable as exc:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
@@ -31,7 +32,25 @@ class TwilioRefused(Exception):
 
 
 class TwilioUnavailable(Exception):
-    """Twilio could not be reached or failed (5xx, 429, timeout): try again later."""
+    """Twilio did not take the text (it answered 5xx or 429, or no connection
+    could be made): try again later."""
+
+
+class TwilioMaybeSent(Exception):
+    """The request went out and no answer came back (a read timeout, a
+    connection lost mid-answer): Twilio may have taken the text, so it is
+    never sent again."""
+
+
+def _never_reached(exc: requests.RequestException) -> bool:
+    """Whether the request surely never reached Twilio: no connection was made
+    (refused, no such host, connect timeout) or TLS failed before it was sent."""
+    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError)):
+        return True
+    if isinstance(exc, requests.ConnectionError) and exc.args:
+        cause = exc.args[0]
+        return isinstance(getattr(cause, "reason", cause), urllib3.exceptions.NewConnectionError)
+    return False
 
 
 def signature_valid(auth_token: str, url: str, params: Mapping[str, Any], signature: str | None) -> bool:
@@ -75,7 +94,14 @@ async def send_sms(
         if 400 <= exc.status < 500 and exc.status not in (408, 429):
             raise TwilioRefused(detail[:1000]) from None
         raise TwilioUnavailable(detail[:1000]) from None
-    except (requests.RequestException, TwilioException) as exc:
+    except requests.RequestException as exc:
+        if _never_reached(exc):
+            raise TwilioUnavailable(f"Twilio could not be reached: {type(exc).__name__}: {exc}"[:1000]) from None
+        raise TwilioMaybeSent(
+            f"handed to Twilio, but no answer came back ({type(exc).__name__}): "
+            "it may have gone out, so it is not sent again"
+        ) from None
+    except TwilioException as exc:
         raise TwilioUnavailable(f"Twilio could not be reached: {type(exc).__name__}: {exc}"[:1000]) from None
 
 
