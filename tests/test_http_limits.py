@@ -87,6 +87,19 @@ def test_as_many_headers_as_allowed_are_served(server: Backend) -> None:
         assert read_response(stream)[0] == 200
 
 
+def test_a_header_with_a_nul_or_a_control_character_is_refused_by_the_parser(server: Backend) -> None:
+    """Headers are the one way in that no JSON rule sees: httptools refuses NUL
+    and other controls in them (400), so an Idempotency-Key or a key can never
+    carry one. Bytes over 0x7F read as Latin-1 (valid text): nothing to refuse."""
+    for value in (b"a\x00b", b"a\x01b", b"a\x7fb"):
+        with connect(server) as sock, sock.makefile("rb") as stream:
+            sock.sendall(request_with(b"Idempotency-Key: " + value))
+            assert read_response(stream)[0] == 400, value
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request_with(b"X-Latin: caf\xe9"))
+        assert read_response(stream)[0] == 200
+
+
 def test_one_huge_header_answers_431(server: Backend) -> None:
     with connect(server) as sock:
         sock.sendall(request_with(b"Cookie: " + b"c" * 65536))

@@ -31,7 +31,8 @@ each successful write the thing written is read back through its get route,
 so bad data one call wrote is read by the next; at the end
 ``test_everything_written_reads_back`` walks every list of the workspace to
 its last page, gets every item, every version listing, the ``/v3/list-chats``
-pages and the webhook delivery log.
+pages and the webhook delivery log, and scans every table as ``chatplane
+repair --dry-run`` does: nothing bad stored.
 
 CI runs the bounded form (``EXAMPLES`` requests per operation, derandomized
 so every run sends the same ones, at most ``BUDGET_S`` seconds per
@@ -50,6 +51,7 @@ by the id its answer names does the same job for these properties.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -65,6 +67,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from chatplane.db import create_engine
+from chatplane.repair import repair
 from chatplane.testing import ScriptedModel
 from chatplane.text import bad_text
 from tests.conftest import BACKENDS
@@ -371,6 +375,17 @@ def test_everything_written_reads_back(run: Run) -> None:
             break
         body["pagination_key"] = response.json()["pagination_key"]
 
+    # And in the database itself: nothing that `chatplane repair` would rewrite.
+    async def scan() -> list[str]:
+        engine = create_engine(world.backend.settings, pooled=False)
+        try:
+            return (await repair(engine, dry_run=True)).lines()
+        finally:
+            await engine.dispose()
+
+    found = asyncio.run(scan())
+    assert found[0].endswith("nothing to repair"), found
+
     statuses: Counter[int] = Counter()
     for (_, status), count in world.statuses.items():
         statuses[status] += count
@@ -378,6 +393,7 @@ def test_everything_written_reads_back(run: Run) -> None:
           f"statuses {dict(sorted(statuses.items()))}")
     print(f"  hostile values sent, by class: {dict(run.sent)}")
     print(f"  successful writes carrying each class: {dict(run.stored)}")
+    print(f"  chatplane repair --dry-run: {found[0]}")
     assert set(run.sent) == set(CLASSES), set(CLASSES) - set(run.sent)
     assert {operation for operation, _ in world.statuses} == set(OPERATIONS)
     # Valid text must get through, not only be refused: each such class was stored somewhere.
