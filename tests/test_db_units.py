@@ -13,17 +13,15 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from chatplane.chats.locks import ChatRead, TurnLocks
-from chatplane.chats.turns import (
+from chatplane.chats.turn.read import (
     CHATS,
     MESSAGES,
     READ_CHAT,
     READ_HISTORY,
     READ_IDEMPOTENT,
-    _read,
-    _TurnWrite,
-    _TurnWrites,
-    _write_turn,
+    read_turn,
 )
+from chatplane.chats.turn.write import TurnWrite, TurnWrites, write_turn
 from chatplane.db import create_engine, migrate, run_unit
 from chatplane.models import Workspace
 from chatplane.testing import Reply
@@ -148,8 +146,8 @@ def test_a_turn_is_written_whole_or_not_at_all(api: Api, model: ScriptedModel) -
     async def write(idempotent: dict | None) -> None:
         engine = create_engine(api.backend.settings)
         try:
-            turn = _TurnWrite(messages, after, None, idempotent)
-            await run_unit(engine, lambda conn: _write_turn(conn, turn), write=True,
+            turn = TurnWrite(messages, after, None, idempotent)
+            await run_unit(engine, lambda conn: write_turn(conn, turn), write=True,
                            one_statement=engine.dialect.name == "postgresql")
         finally:
             await engine.dispose()
@@ -249,10 +247,10 @@ def test_the_chat_a_turn_reads_under_its_lock_is_the_row_sqlalchemy_reads(api: A
             for key in ("k-lock", "k-none", None):
                 to_read = ChatRead(chat["chatId"], api.ws, key) if locks.reads_with_lock else None
                 async with locks.hold(chat["chatId"], to_read) as found:
-                    reads.append(await _read(engine, found, chat["chatId"], api.ws, key, None))
+                    reads.append(await read_turn(engine, found, chat["chatId"], api.ws, key, None))
             async with locks.hold(chat["chatId"], ChatRead(chat["chatId"], api.ws + 1000, None)
                                   if locks.reads_with_lock else None) as found:
-                elsewhere = await _read(engine, found, chat["chatId"], api.ws + 1000, None, None)
+                elsewhere = await read_turn(engine, found, chat["chatId"], api.ws + 1000, None, None)
             async with engine.connect() as conn:
                 params = {"chat_id": chat["chatId"], "workspace_id": api.ws, "key": "k-lock"}
                 row = (await conn.execute(READ_CHAT, params)).one()
@@ -282,7 +280,7 @@ def test_turns_of_several_chats_are_written_in_one_statement_and_fail_alone(api:
     chats = [make_chat(api)["chatId"] for _ in range(3)]
     now = datetime.now(UTC)
 
-    def turn(chat_id: str, seq: int, *, tools: bool = False, key: str | None = None) -> _TurnWrite:
+    def turn(chat_id: str, seq: int, *, tools: bool = False, key: str | None = None) -> TurnWrite:
         messages = [
             {"id": f"msg_{chat_id}_{seq + i}", "chat_id": chat_id, "seq": seq + i, "role": role, "content": role,
              "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0, "completion_tokens": 0,
@@ -290,16 +288,16 @@ def test_turns_of_several_chats_are_written_in_one_statement_and_fail_alone(api:
             for i, role in enumerate(("user", "assistant"))
         ]
         after = {"b_chat_id": chat_id, "b_count": seq + 2, "b_user_at": now, "b_agent_at": now}
-        return _TurnWrite(
+        return TurnWrite(
             messages, after,
             {"b_state": "second", "b_collected": {"city": "Oslo"}} if tools else None,
             {"chat_id": chat_id, "key": key, "request_hash": "h", "response": {"messages": []}, "created_at": now}
             if key else None,
         )
 
-    async def write(turns: list[_TurnWrite]) -> tuple[list[int], list[BaseException | None]]:
+    async def write(turns: list[TurnWrite]) -> tuple[list[int], list[BaseException | None]]:
         engine = create_engine(api.backend.settings)
-        writes = _TurnWrites(engine)
+        writes = TurnWrites(engine)
         sent: list[int] = []
         send = writes._send
 
@@ -381,11 +379,11 @@ def test_a_cancelled_turn_waits_for_its_write_before_it_lets_go(api: Api) -> Non
          "tool_calls": None, "model": None, "prompt_tokens": 0, "completion_tokens": 0, "created_at": now}
         for i, role in enumerate(("user", "assistant"))
     ]
-    turn = _TurnWrite(messages, {"b_chat_id": chat_id, "b_count": 2, "b_user_at": now, "b_agent_at": now})
+    turn = TurnWrite(messages, {"b_chat_id": chat_id, "b_count": 2, "b_user_at": now, "b_agent_at": now})
 
     async def scenario() -> list[str]:
         engine = create_engine(api.backend.settings)
-        writes = _TurnWrites(engine)
+        writes = TurnWrites(engine)
         go = asyncio.Event()
         events: list[str] = []
         send = writes._send

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from chatplane.chats import turns as turns_module
-from chatplane.chats.turns import Turns, _History
+from chatplane.chats.turn import Turns
+from chatplane.chats.turn import engine as engine_module
+from chatplane.chats.turn.read import History
 from tests.chat_helpers import make_chat, say
 from tests.conftest import Api, ScriptedModel
 
 
-def _history(n: int) -> _History:
-    return _History(n, [{"role": "user", "content": str(i)} for i in range(n)])
+def _history(n: int) -> History:
+    return History(n, [{"role": "user", "content": str(i)} for i in range(n)])
 
 
 def test_the_least_recently_used_chats_go_when_the_message_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(turns_module, "HISTORY_CACHE_MESSAGES", 100)
+    monkeypatch.setattr(engine_module, "HISTORY_CACHE_MESSAGES", 100)
     turns = Turns(None, None, None)  # type: ignore[arg-type]  # the cache needs none of them
     for name in "abc":
         turns._remember(name, _history(40))
@@ -32,7 +33,7 @@ def test_the_least_recently_used_chats_go_when_the_message_budget_is_spent(monke
 
 
 def test_one_chat_larger_than_the_budget_is_still_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(turns_module, "HISTORY_CACHE_MESSAGES", 10)
+    monkeypatch.setattr(engine_module, "HISTORY_CACHE_MESSAGES", 10)
     turns = Turns(None, None, None)  # type: ignore[arg-type]
     turns._remember("long", _history(50))
     assert list(turns._history) == ["long"]
@@ -47,14 +48,14 @@ def test_a_chat_let_go_by_the_cache_while_its_turn_reads_keeps_its_history(
     turns: Turns = api.backend.server.app.state.turns
     chat_id = make_chat(api)["chatId"]
     assert say(api, chat_id, "first").status_code == 201
-    read = turns_module._read
+    read = engine_module.read_turn
 
     async def read_then_evicted(*args, **kwargs):  # type: ignore[no-untyped-def]
         found = await read(*args, **kwargs)
         turns.forget(chat_id)  # as if another chat's turn had pushed it out meanwhile
         return found
 
-    monkeypatch.setattr(turns_module, "_read", read_then_evicted)
+    monkeypatch.setattr(engine_module, "read_turn", read_then_evicted)
     assert say(api, chat_id, "second").status_code == 201
     sent = [m["content"] for m in model.requests[-1]["messages"] if m["role"] in ("user", "assistant")]
     assert sent == ["first", "ok", "second"]

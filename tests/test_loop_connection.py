@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from chatplane.chats import turns as turns_module
-from chatplane.chats.turns import Turns
+from chatplane.chats.turn import Turns
+from chatplane.chats.turn import read as read_module
+from chatplane.chats.turn import write as write_module
 from chatplane.db import LoopConnection
 from tests.chat_helpers import make_chat, say
 from tests.conftest import (
@@ -64,13 +65,14 @@ def _count(monkeypatch: pytest.MonkeyPatch, on_loop: LoopConnection) -> list[tup
 def _on_thread(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """``write`` of each unit a turn runs on the driver's thread from now on."""
     units: list[bool] = []
-    run_unit = turns_module.run_unit
+    run_unit = read_module.run_unit
 
     async def counted(engine, work, *, write, **kw):  # type: ignore[no-untyped-def]
         units.append(write)
         return await run_unit(engine, work, write=write, **kw)
 
-    monkeypatch.setattr(turns_module, "run_unit", counted)
+    monkeypatch.setattr(read_module, "run_unit", counted)  # a turn's reads
+    monkeypatch.setattr(write_module, "run_unit", counted)  # and its writes
     return units
 
 
@@ -184,7 +186,7 @@ def test_a_turn_the_loop_cannot_read_at_once_reads_on_the_drivers_thread(
 def test_a_long_history_the_cache_lacks_is_read_on_the_drivers_thread(
     api: Api, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(turns_module, "LOOP_READ_ROWS", 2)
+    monkeypatch.setattr(read_module, "LOOP_READ_ROWS", 2)
     turns = _turns(api)
     chat_id = make_chat(api)["chatId"]
     for content in ("one", "two", "three"):

@@ -23,7 +23,7 @@ import pytest
 
 from chatplane import signing
 from chatplane.chats.tools import MAX_RESPONSE_BYTES
-from chatplane.chats.turns import MAX_TOOL_ROUNDS
+from chatplane.chats.turn.respond import MAX_TOOL_ROUNDS
 from chatplane.testing import Reply
 from tests.chat_helpers import make_agent, make_chat, make_llm, say
 from tests.conftest import Api, Backend, ScriptedModel, ServerThread, assert_error, hold_locks_over

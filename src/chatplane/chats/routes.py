@@ -26,7 +26,7 @@ from chatplane.chats.schemas import (
     CreateChatRequest,
     UpdateChatRequest,
 )
-from chatplane.chats.turns import TurnAnswer, Turns
+from chatplane.chats.turn import TurnAnswer, Turns
 from chatplane.db import transaction
 from chatplane.errors import AppError, Conflict, error_responses
 from chatplane.pagination import PageQuery

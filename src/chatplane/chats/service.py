@@ -1,4 +1,4 @@
-"""Chats: start, read, list, edit, end, delete. (Turns are in ``turns.py``.)"""
+"""Chats: start, read, list, edit, end, delete. (Turns are in ``chats/turn/``.)"""
 
 from __future__ import annotations
 

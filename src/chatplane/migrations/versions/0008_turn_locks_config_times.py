@@ -6,7 +6,7 @@ Revises: 0007
 ``chatplane_turn_locks`` (0007) reads a chat under its turn lock; it now also
 reads when its agent and LLM configurations were last changed, which a turn
 that took its lock back without reading (``locks.HeldOver``) checks in the
-statement that writes it (``chats/turns.py``). The same function otherwise.
+statement that writes it (``chats/turn/postgres.py``). The same function otherwise.
 """
 from alembic import op
 

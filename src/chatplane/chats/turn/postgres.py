@@ -1,0 +1,112 @@
+"""PostgreSQL: the writes of any number of turns as one statement (``turns_write``)."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Boolean, Select, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql
+
+from chatplane.chats.turn.read import AGENTS, CHATS, IDEMPOTENCY, LLMS, MESSAGES
+
+if TYPE_CHECKING:
+    from chatplane.chats.turn.write import TurnWrite
+
+_PG = postgresql.asyncpg.dialect()
+
+
+def turns_write(turns: list[TurnWrite]) -> tuple[Select[Any], dict[str, Any]]:
+    """The statement and parameters of ``_write_turns``."""
+    messages = [message for turn in turns for message in turn.messages]
+    columns = tuple(messages[0])  # every message row of a turn has the same keys
+    params: dict[str, Any] = {f"m_{column}": [message[column] for message in messages] for column in columns}
+    params.update(
+        b_chat_id=[turn.after["b_chat_id"] for turn in turns],
+        b_count=[turn.after["b_count"] for turn in turns],
+        b_user_at=[turn.after["b_user_at"] for turn in turns],
+        b_agent_at=[turn.after["b_agent_at"] for turn in turns],
+        b_tools=[turn.tool_changes is not None for turn in turns],
+        b_state=[turn.tool_changes["b_state"] if turn.tool_changes else None for turn in turns],
+        b_collected=[turn.tool_changes["b_collected"] if turn.tool_changes else None for turn in turns],
+        b_agent_changed=[turn.guard[0] if turn.guard else None for turn in turns],
+        b_llm_changed=[turn.guard[1] if turn.guard else None for turn in turns],
+    )
+    keys = [turn.idempotent for turn in turns if turn.idempotent is not None]
+    params.update({f"k_{column.name}": [key[column.name] for key in keys] for column in IDEMPOTENCY.c})
+    return _turns_statement(columns), params
+
+
+def _array(name: str, column: Any) -> Any:
+    return bindparam(name, type_=postgresql.ARRAY(column.type.dialect_impl(_PG)))
+
+
+def _unnest(name: str, arrays: list[Any], columns: list[str]) -> Any:
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+
+
+@functools.cache
+def _turns_statement(columns: tuple[str, ...]) -> Select[Any]:
+    """PostgreSQL: the writes of any number of turns as one statement, which
+    PostgreSQL runs atomically, so in autocommit it is one round trip (not
+    BEGIN, INSERT, UPDATE, COMMIT) and one commit for all of them.
+
+    Each column arrives as one array (``unnest``): one statement, compiled
+    once, for any number of turns and messages. Data-modifying CTEs: the
+    chats' update, which answers the ids of the chats it wrote, and the
+    inserts of the messages and idempotent answers of those chats only. A
+    turn with a guard writes only if its agent's and LLM's configurations
+    are as it read them; a turn whose tools changed nothing keeps the
+    chat's state and collected variables as they are.
+    """
+    rows = _unnest("turn_rows", [_array(f"m_{name}", MESSAGES.c[name]) for name in columns], list(columns))
+    keys = _unnest("turn_keys", [_array(f"k_{column.name}", column) for column in IDEMPOTENCY.c],
+                   [column.name for column in IDEMPOTENCY.c])
+    chats = _unnest(
+        "turn_chats",
+        [
+            _array("b_chat_id", CHATS.c.id), _array("b_count", CHATS.c.message_count),
+            _array("b_user_at", CHATS.c.last_user_message_at), _array("b_agent_at", CHATS.c.last_agent_message_at),
+            bindparam("b_tools", type_=postgresql.ARRAY(Boolean())), _array("b_state", CHATS.c.current_state),
+            _array("b_collected", CHATS.c.collected_dynamic_variables),
+            _array("b_agent_changed", AGENTS.c.updated_at), _array("b_llm_changed", LLMS.c.updated_at),
+        ],
+        ["chat_id", "count", "user_at", "agent_at", "tools", "state", "collected", "agent_changed_at",
+         "llm_changed_at"],
+    )
+    # Scalar subqueries, not EXISTS: a lookup by primary key for each turn
+    # with a guard (an EXISTS in an OR may be planned as a hash of the table).
+    unchanged = case(
+        (chats.c.agent_changed_at.is_(None), true()),
+        else_=and_(
+            select(AGENTS.c.updated_at).where(AGENTS.c.id == CHATS.c.agent_id, AGENTS.c.version == CHATS.c.agent_version)
+            .scalar_subquery() == chats.c.agent_changed_at,
+            select(LLMS.c.updated_at).where(LLMS.c.id == CHATS.c.llm_id, LLMS.c.version == CHATS.c.llm_version)
+            .scalar_subquery() == chats.c.llm_changed_at,
+        ),
+    )
+    written = (
+        update(CHATS)
+        .where(CHATS.c.id == chats.c.chat_id, unchanged)
+        .values(
+            message_count=chats.c.count,
+            last_user_message_at=chats.c.user_at,
+            last_agent_message_at=chats.c.agent_at,
+            current_state=case((chats.c.tools, chats.c.state), else_=CHATS.c.current_state),
+            collected_dynamic_variables=case(
+                (chats.c.tools, chats.c.collected), else_=CHATS.c.collected_dynamic_variables
+            ),
+        )
+        .returning(CHATS.c.id)
+        .cte("turn_chats_written")
+    )
+    of_written = select(written.c.id)
+    return select(written.c.id).add_cte(
+        insert(MESSAGES)
+        .from_select(list(columns), select(*rows.c).where(rows.c.chat_id.in_(of_written)))
+        .cte("turn_messages"),
+        insert(IDEMPOTENCY)
+        .from_select([c.name for c in IDEMPOTENCY.c], select(*keys.c).where(keys.c.chat_id.in_(of_written)))
+        .cte("turn_keys_in"),
+    )
+

@@ -1,0 +1,211 @@
+"""What a turn reads under its chat's lock: the chat row (with its agent's and
+LLM's configurations), the answer stored under an Idempotency-Key, and the
+part of the history the process's cache lacks.
+
+The chat row a turn reads is ``READ_CHAT``. PostgreSQL reads it in the round
+trip that takes the turn lock (``locks.ChatRead``, as JSON): ``read_with_lock``
+turns that back into the same row.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Float, bindparam, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatplane.chats import tools
+from chatplane.chats.locks import HeldOver
+from chatplane.db import LoopConnection, UTCDateTime, run_unit
+from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm, Workspace
+
+# SQLite: history rows a turn reads on the event loop at most (db.LoopConnection);
+# a longer rest (a cold cache on a long chat) is read on the driver's thread.
+LOOP_READ_ROWS = 64
+
+CHATS = Chat.__table__
+AGENTS = ChatAgent.__table__
+LLMS = Llm.__table__
+MESSAGES = ChatMessage.__table__
+IDEMPOTENCY = IdempotencyKey.__table__
+
+# The hot path's statements, built once: SQLAlchemy caches the compiled SQL,
+# but building the expression tree is itself ~1 ms a turn.
+READ_CHAT = (
+    select(
+        CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"),
+        # Signs custom-tool calls; a primary-key join, so no second query.
+        Workspace.webhook_key.label("webhook_key"),
+        # A draft configuration changes in place: what a turn that read
+        # nothing checks when it writes (see HeldOver in Turns.run).
+        ChatAgent.updated_at.label("agent_updated_at"), Llm.updated_at.label("llm_updated_at"),
+    )
+    .join(ChatAgent, (ChatAgent.id == CHATS.c.agent_id) & (ChatAgent.version == CHATS.c.agent_version))
+    .join(Llm, (Llm.id == CHATS.c.llm_id) & (Llm.version == CHATS.c.llm_version))
+    .join(Workspace, Workspace.id == CHATS.c.workspace_id)
+    .where(CHATS.c.id == bindparam("chat_id"), CHATS.c.workspace_id == bindparam("workspace_id"))
+)
+READ_HISTORY = (
+    select(MESSAGES.c.role, MESSAGES.c.content, MESSAGES.c.tool_calls)
+    .where(MESSAGES.c.chat_id == bindparam("chat_id"), MESSAGES.c.seq >= bindparam("from_seq"))
+    .order_by(MESSAGES.c.seq)
+)
+READ_IDEMPOTENT = select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.response).where(
+    IDEMPOTENCY.c.chat_id == bindparam("chat_id"), IDEMPOTENCY.c.key == bindparam("key")
+)
+
+
+@dataclass(slots=True)
+class History:
+    """The model-facing messages of a chat's first ``rows`` stored messages."""
+
+    rows: int
+    messages: list[dict[str, Any]]
+    counted: int = 0  # of these messages, how many the cache's total counts
+
+
+@dataclass(slots=True)
+class Read:
+    """What a turn reads before calling the model."""
+
+    chat: Any  # the READ_CHAT row, or None
+    earlier: Any = None  # the answer stored under this Idempotency-Key
+    history_from: int = 0  # the stored messages in history_rows start at this seq
+    history_rows: list[Any] | None = None  # None: the cache is up to date
+    # The chat is the memo the lock's last holder left (HeldOver), not read:
+    # its configurations are checked before a tool runs or the turn is written.
+    unchecked: bool = False
+    # The cached history this read tops up (the cache may let go of it meanwhile).
+    base: History | None = None
+
+
+def _read_unit(
+    conn: Connection,
+    chat_id: str,
+    workspace_id: int,
+    idempotency_key: str | None,
+    cached_rows: int,
+    rows_at_most: int | None = None,
+) -> Read:
+    """The chat, the answer stored under the Idempotency-Key, and the history
+    the cache lacks; not the history if that is more than ``rows_at_most``
+    rows (``_read`` then reads it apart)."""
+    chat = conn.execute(READ_CHAT, {"chat_id": chat_id, "workspace_id": workspace_id}).one_or_none()
+    if chat is None:
+        return Read(None)
+    if idempotency_key:
+        earlier = conn.execute(READ_IDEMPOTENT, {"chat_id": chat_id, "key": idempotency_key}).one_or_none()
+        if earlier is not None:
+            return Read(chat, earlier)
+    start = _history_from(chat, cached_rows)
+    if start is None or (rows_at_most is not None and chat.message_count - start > rows_at_most):
+        return Read(chat)
+    return Read(chat, history_from=start, history_rows=_read_history(conn, chat_id, start))
+
+
+def _history_from(chat: Any, cached_rows: int) -> int | None:
+    """The seq from which to read the history to bring the cache up to date,
+    or None when it is (or the chat takes no more turns)."""
+    if chat.status != "ongoing" or cached_rows == chat.message_count:
+        return None
+    # Another process wrote to this chat since (or the cache is cold): top up.
+    return cached_rows if cached_rows < chat.message_count else 0
+
+
+def _read_history(conn: Connection, chat_id: str, start: int) -> list[Any]:
+    return conn.execute(READ_HISTORY, {"chat_id": chat_id, "from_seq": start}).all()
+
+
+# PostgreSQL reads the chat in the round trip that takes its turn lock
+# (``locks.ChatRead``), as JSON (``row_to_json``): turned back into the row
+# READ_CHAT gives, with its times and floats.
+_CHAT_FIELDS = tuple(column.name for column in READ_CHAT.selected_columns)
+_ChatRow = collections.namedtuple("_ChatRow", _CHAT_FIELDS, rename=True)  # type: ignore[misc]
+_Earlier = collections.namedtuple("_Earlier", ["request_hash", "response"])
+
+
+def _from_json(column: Any) -> Callable[[Any], Any] | None:
+    if isinstance(column.type, UTCDateTime):
+        return lambda value: datetime.fromisoformat(value).astimezone(UTC)
+    if isinstance(column.type, Float):
+        return float
+    return None
+
+
+_DECODE = [(name, _from_json(column)) for name, column in zip(_CHAT_FIELDS, READ_CHAT.selected_columns, strict=True)]
+
+
+def _read_with_lock(found: Any) -> Read:
+    """``Read`` of what the lock's round trip found (the history aside)."""
+    chat = found["chat"]
+    if chat is None:
+        return Read(None)
+    row = _ChatRow._make(
+        decode(chat[name]) if decode is not None and chat[name] is not None else chat[name]
+        for name, decode in _DECODE
+    )
+    earlier = found["earlier"]
+    return Read(row, _Earlier(earlier["request_hash"], earlier["response"]) if earlier is not None else None)
+
+
+async def read_turn(
+    engine: AsyncEngine,
+    found: Any,
+    chat_id: str,
+    workspace_id: int,
+    idempotency_key: str | None,
+    cached: History | None,
+    *,
+    trust_memo: bool = False,
+    reader: LoopConnection | None = None,
+) -> Read:
+    """What the turn reads under its lock: ``found`` by the lock itself
+    (PostgreSQL), or the memo of a lock taken back (``HeldOver``) when the turn
+    may start from it, else all of it now: with ``reader`` (SQLite) on the
+    event loop, save a long history the cache lacks."""
+    cached_rows = cached.rows if cached else 0
+    if isinstance(found, HeldOver) and (found.memo is None or idempotency_key or not trust_memo):
+        found = None  # an Idempotency-Key's stored answer is never in a memo
+    read: Read | None = None
+    if found is None and reader is not None:  # SQLite: on the event loop, a few rows by key
+        try:
+            read = reader.run(
+                lambda conn: _read_unit(conn, chat_id, workspace_id, idempotency_key, cached_rows, LOOP_READ_ROWS)
+            )
+        except LoopConnection.Busy:
+            pass
+    if found is None and read is None:
+        read = await run_unit(
+            engine, lambda conn: _read_unit(conn, chat_id, workspace_id, idempotency_key, cached_rows), write=False
+        )
+        read.base = cached
+        return read
+    if read is None:
+        read = Read(found.memo, unchecked=True) if isinstance(found, HeldOver) else _read_with_lock(found)
+    read.base = cached
+    start = None if read.chat is None or read.earlier else _history_from(read.chat, cached_rows)
+    if start is not None and read.history_rows is None:  # the cache is behind: the history's rest
+        read.history_from = start
+        read.history_rows = await run_unit(engine, lambda conn: _read_history(conn, chat_id, start), write=False)
+    return read
+
+
+def config_times(chat: Any) -> tuple[datetime, datetime]:
+    return chat.agent_updated_at, chat.llm_updated_at
+
+
+def top_up(cached: History | None, read: Read) -> History:
+    """The chat's history: the cached one, with what ``read`` found added."""
+    if read.history_rows is None:
+        return cached or History(0, [])
+    history = cached if cached is not None and read.history_from == cached.rows else History(0, [])
+    for role, content, tool_calls in read.history_rows:
+        history.messages.extend(tools.history_messages(role, content, tool_calls))
+        history.rows += 1
+    return history
+
