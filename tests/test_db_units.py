@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,16 +14,11 @@ from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from chatplane.chats.locks import ChatRead, TurnLocks
-from chatplane.chats.turn.read import (
-    CHATS,
-    MESSAGES,
-    READ_CHAT,
-    READ_HISTORY,
-    READ_IDEMPOTENT,
-    read_turn,
-)
-from chatplane.chats.turn.write import TurnWrite, TurnWrites, write_turn
+from chatplane.chats.locks import TurnLocks
+from chatplane.chats.turn.postgres import PgStore
+from chatplane.chats.turn.read import CHATS, MESSAGES, READ_CHAT, READ_HISTORY, READ_IDEMPOTENT
+from chatplane.chats.turn.store import TurnStore, open_store
+from chatplane.chats.turn.write import TurnWrite
 from chatplane.db import create_engine, migrate, run_unit
 from chatplane.models import Workspace
 from chatplane.testing import Reply
@@ -35,6 +32,19 @@ from tests.conftest import (
 )
 
 WORKSPACES = Workspace.__table__
+
+
+@asynccontextmanager
+async def _store(settings: Any, engine: Any) -> AsyncIterator[TurnStore]:
+    """The store a server on ``settings`` opens, with its locks."""
+    lock_file = settings.sqlite_path.with_suffix(".turnlocks") if settings.is_sqlite else None
+    locks = TurnLocks(engine, lock_file=lock_file)
+    store = open_store(engine, locks)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+        await locks.aclose()
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
@@ -146,9 +156,8 @@ def test_a_turn_is_written_whole_or_not_at_all(api: Api, model: ScriptedModel) -
     async def write(idempotent: dict | None) -> None:
         engine = create_engine(api.backend.settings)
         try:
-            turn = TurnWrite(messages, after, None, idempotent)
-            await run_unit(engine, lambda conn: write_turn(conn, turn), write=True,
-                           one_statement=engine.dialect.name == "postgresql")
+            async with _store(api.backend.settings, engine) as store:
+                assert await store.write(TurnWrite(messages, after, None, idempotent))
         finally:
             await engine.dispose()
 
@@ -240,24 +249,18 @@ def test_the_chat_a_turn_reads_under_its_lock_is_the_row_sqlalchemy_reads(api: A
                 combined_cost=2.0, user_sentiment="Positive", chat_successful=True, ended_at=AT,
                 chat_cost={"combined_cost": 2.0}, current_state="warm",
             ))
-        lock_file = settings.sqlite_path.with_suffix(".turnlocks") if settings.is_sqlite else None
-        locks = TurnLocks(engine, lock_file=lock_file)
-        try:
+        async with _store(settings, engine) as store:
             reads = []
             for key in ("k-lock", "k-none", None):
-                to_read = ChatRead(chat["chatId"], api.ws, key) if locks.reads_with_lock else None
-                async with locks.hold(chat["chatId"], to_read) as found:
-                    reads.append(await read_turn(engine, found, chat["chatId"], api.ws, key, None))
-            async with locks.hold(chat["chatId"], ChatRead(chat["chatId"], api.ws + 1000, None)
-                                  if locks.reads_with_lock else None) as found:
-                elsewhere = await read_turn(engine, found, chat["chatId"], api.ws + 1000, None, None)
+                async with store.hold(chat["chatId"], api.ws, key) as found:
+                    reads.append(await store.read(found, chat["chatId"], api.ws, key, None, trust_memo=False))
+            async with store.hold(chat["chatId"], api.ws + 1000, None) as found:
+                elsewhere = await store.read(found, chat["chatId"], api.ws + 1000, None, None, trust_memo=False)
             async with engine.connect() as conn:
                 params = {"chat_id": chat["chatId"], "workspace_id": api.ws, "key": "k-lock"}
                 row = (await conn.execute(READ_CHAT, params)).one()
                 earlier = (await conn.execute(READ_IDEMPOTENT, params)).one()
             return reads, elsewhere, row, earlier
-        finally:
-            await locks.aclose()
             await engine.dispose()
 
     (replay, fresh, plain), elsewhere, row, earlier = asyncio.run(both())
@@ -297,20 +300,22 @@ def test_turns_of_several_chats_are_written_in_one_statement_and_fail_alone(api:
 
     async def write(turns: list[TurnWrite]) -> tuple[list[int], list[BaseException | None]]:
         engine = create_engine(api.backend.settings)
-        writes = TurnWrites(engine)
+        store = PgStore(engine, TurnLocks(engine, lock_file=None))
+        writes = store.writes
         sent: list[int] = []
-        send = writes._send
+        send = writes.send
 
         async def counting(batch):  # type: ignore[no-untyped-def]
             sent.append(len(batch))
             return await send(batch)
 
-        writes._send = counting  # type: ignore[method-assign]
+        writes.send = counting
         try:
-            results = await asyncio.gather(*(writes.write(t) for t in turns), return_exceptions=True)
+            results = await asyncio.gather(*(store.write(t) for t in turns), return_exceptions=True)
             results = list(results)
         finally:
-            await writes.aclose()
+            await store.aclose()
+            await store.locks.aclose()
         try:
             # The writes' connection, with its planner settings, is not given
             # back to the pool (which hands out the last connection returned).
@@ -383,10 +388,11 @@ def test_a_cancelled_turn_waits_for_its_write_before_it_lets_go(api: Api) -> Non
 
     async def scenario() -> list[str]:
         engine = create_engine(api.backend.settings)
-        writes = TurnWrites(engine)
+        store = PgStore(engine, TurnLocks(engine, lock_file=None))
+        writes = store.writes
         go = asyncio.Event()
         events: list[str] = []
-        send = writes._send
+        send = writes.send
 
         async def slow(batch):  # type: ignore[no-untyped-def]
             await go.wait()
@@ -394,9 +400,9 @@ def test_a_cancelled_turn_waits_for_its_write_before_it_lets_go(api: Api) -> Non
             events.append("written")
             return written
 
-        writes._send = slow  # type: ignore[method-assign]
+        writes.send = slow
         try:
-            task = asyncio.create_task(writes.write(turn))
+            task = asyncio.create_task(store.write(turn))
             await asyncio.sleep(0.05)
             task.cancel()
             await asyncio.sleep(0.05)
@@ -407,7 +413,8 @@ def test_a_cancelled_turn_waits_for_its_write_before_it_lets_go(api: Api) -> Non
             events.append("returned")
             return events
         finally:
-            await writes.aclose()
+            await store.aclose()
+            await store.locks.aclose()
             await engine.dispose()
 
     assert asyncio.run(scenario()) == ["still waiting", "written", "returned"]
@@ -422,7 +429,7 @@ def test_the_writes_connection_closed_by_the_server_is_replaced_before_the_next_
     server = api.backend.server
     chat_id = make_chat(api)["chatId"]
     assert say(api, chat_id, "first").status_code == 201
-    writes = server.app.state.turns._writes
+    writes = server.app.state.turns.store
 
     async def backend_pid(_services):  # type: ignore[no-untyped-def]
         return await writes.conn.raw.fetchval("SELECT pg_backend_pid()")

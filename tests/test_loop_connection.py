@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from chatplane.chats.turn import Turns
 from chatplane.chats.turn import read as read_module
-from chatplane.chats.turn import write as write_module
+from chatplane.chats.turn import sqlite as sqlite_module
 from chatplane.db import LoopConnection
 from tests.chat_helpers import make_chat, say
 from tests.conftest import (
@@ -72,7 +73,7 @@ def _on_thread(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
         return await run_unit(engine, work, write=write, **kw)
 
     monkeypatch.setattr(read_module, "run_unit", counted)  # a turn's reads
-    monkeypatch.setattr(write_module, "run_unit", counted)  # and its writes
+    monkeypatch.setattr(sqlite_module, "run_unit", counted)  # and its writes
     return units
 
 
@@ -83,7 +84,7 @@ def _stored(api: Api, chat_id: str) -> list[str]:
 def test_a_turn_reads_and_writes_on_the_loop_and_leaves_no_snapshot_open(
     api: Api, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    on_loop = _turns(api)._on_loop
+    on_loop = _turns(api).store.on_loop
     assert on_loop is not None
     units = _count(monkeypatch, on_loop)
     on_thread = _on_thread(monkeypatch)
@@ -165,7 +166,7 @@ def test_a_turn_that_finds_the_write_lock_taken_writes_on_the_drivers_thread(
 def test_a_turn_the_loop_cannot_read_at_once_reads_on_the_drivers_thread(
     api: Api, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    on_loop = _turns(api)._on_loop
+    on_loop = _turns(api).store.on_loop
     chat_id = make_chat(api)["chatId"]
     assert say(api, chat_id, "one").status_code == 201
     run = on_loop.run
@@ -205,7 +206,7 @@ def test_while_writes_are_under_way_a_turn_queues_behind_them(
 ) -> None:
     """The loop is for a quiet process: with a write out, a turn reads and
     writes on the driver's thread, in order with the others."""
-    writes = _turns(api)._writes
+    writes = _turns(api).store.writes
     chat_id = make_chat(api)["chatId"]
     monkeypatch.setattr(writes, "idle", lambda: False)
     on_thread = _on_thread(monkeypatch)
@@ -215,4 +216,5 @@ def test_while_writes_are_under_way_a_turn_queues_behind_them(
 
 
 def test_without_a_database_file_there_is_no_loop_connection() -> None:
-    assert Turns(None, None, None)._on_loop is None  # type: ignore[arg-type]
+    engine = create_async_engine("sqlite+aiosqlite://")
+    assert sqlite_module.SqliteStore(engine, None).on_loop is None  # type: ignore[arg-type]

@@ -7,8 +7,8 @@ for this one route: find the key, validate a two-field body, read one header.
 
 ``CompletionFastPath`` does exactly that for a request it can answer without
 judgement calls: a known key, a JSON body that validates, no streaming. It
-then does what the route does (``routes.create_completion``), through the
-same ``Turns.run``, and answers the route's answers, errors included
+then calls what the route calls (``routes.complete``: the completion's work
+and its answer, said once) and answers the route's answers, errors included
 (``AppError`` as the app's handler renders it). Everything else (a missing or
 unknown key, a body FastAPI would refuse, a long Idempotency-Key, another
 content type, ``Accept: text/event-stream``) goes on to the route unchanged,
@@ -26,14 +26,13 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatplane.auth import bearer_token
-from chatplane.chats.routes import _json_answer, wants_event_stream
+from chatplane.chats.routes import IDEMPOTENCY_KEY_MAX, complete, wants_event_stream
 from chatplane.chats.schemas import ChatCompletionRequest
 from chatplane.errors import AppError, app_error_response
 from chatplane.limits import PARSED_JSON, replay_body
 
 # The route's own pattern: {chat_id} is one path segment.
 _COMPLETIONS = re.compile(r"/api/chats/([^/]+)/completions")
-IDEMPOTENCY_KEY_MAX = 255  # as the route's Idempotency-Key header declares
 
 
 class CompletionFastPath:
@@ -53,14 +52,8 @@ class CompletionFastPath:
             await self.app(scope, replay_body(body, receive), send)
             return
         principal, completion, idempotency_key = request
-        state = scope["app"].state
         try:
-            workspace_id = principal.require(completion.workspace_id)
-            answer = await state.turns.run(
-                workspace_id=workspace_id, chat_id=found[1], content=completion.content,
-                idempotency_key=idempotency_key,
-            )
-            response = _json_answer(answer)
+            response = await complete(scope["app"].state.turns, principal, found[1], completion, idempotency_key)
         except AppError as exc:
             response = app_error_response(exc)
         await response(scope, receive, send)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatplane import jobs
-from chatplane.auth import CurrentPrincipal, QueryWorkspace, Session
+from chatplane.auth import CurrentPrincipal, Principal, QueryWorkspace, Session
 from chatplane.chats import analysis, lifecycle, service
 from chatplane.chats.filters import id_bound
 from chatplane.chats.schemas import (
@@ -26,7 +26,7 @@ from chatplane.chats.schemas import (
     CreateChatRequest,
     UpdateChatRequest,
 )
-from chatplane.chats.turn import TurnAnswer, Turns
+from chatplane.chats.turn import Turns
 from chatplane.db import transaction
 from chatplane.errors import AppError, Conflict, error_responses
 from chatplane.pagination import PageQuery
@@ -55,11 +55,12 @@ def wants_event_stream(accept: str) -> bool:
     return mimeparse.best_match(ANSWER_TYPES, ",".join(ranges)) == "text/event-stream"
 
 
+IDEMPOTENCY_KEY_MAX = 255
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        max_length=255,
+        max_length=IDEMPOTENCY_KEY_MAX,
         description="Send the same key when retrying: the first answer is returned, no second turn runs.",
     ),
 ]
@@ -205,17 +206,22 @@ async def create_completion(
     principal: CurrentPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    workspace_id = principal.require(body.workspace_id)
     turns: Turns = request.app.state.turns
     if wants_event_stream(request.headers.get("accept", "")):
+        workspace_id = principal.require(body.workspace_id)
         return await _stream(request, turns, workspace_id, chat_id, body.content, idempotency_key)
+    return await complete(turns, principal, chat_id, body, idempotency_key)
+
+
+async def complete(
+    turns: Turns, principal: Principal, chat_id: str, body: ChatCompletionRequest, idempotency_key: str | None
+) -> JSONResponse:
+    """The JSON answer of a completion, for the route and its fast path
+    (``chats.fast``) alike: what a completion does is said once, here."""
+    workspace_id = principal.require(body.workspace_id)
     answer = await turns.run(
         workspace_id=workspace_id, chat_id=chat_id, content=body.content, idempotency_key=idempotency_key
     )
-    return _json_answer(answer)
-
-
-def _json_answer(answer: TurnAnswer) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
     return JSONResponse(answer.body, status_code=201, headers=headers)
 

@@ -1,9 +1,11 @@
 """A turn: the user's message in, the agent's reply out, history kept.
 
 The pipeline: take the chat's turn lock -> read the chat and what the history
-cache lacks (``read``) -> the responder answers (``respond``, which builds the
-model's view with the ``context`` stages) -> write the user's message and the
-replies (``write``). ``docs/architecture.md`` draws it.
+cache lacks -> the responder answers (``respond``, which builds the model's
+view with the ``context`` stages) -> write the user's message and the replies.
+The lock, the read and the write are the store's (``store.TurnStore``, one per
+database); the engine never asks which database it runs on.
+``docs/architecture.md`` draws it.
 
 The contract when several messages hit one chat: turns run one at a time, in
 arrival order (``TurnLocks``), and a turn is written whole or not at all:
@@ -17,7 +19,6 @@ written in the same transaction as the messages.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,12 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from chatplane import jobs
 from chatplane.chats import lifecycle, tools
-from chatplane.chats.locks import ChatRead, TurnLocks
+from chatplane.chats.locks import TurnLocks
 from chatplane.chats.service import Versions, chat_ended, chat_not_found
-from chatplane.chats.turn.read import History, Read, config_times, read_turn, top_up
+from chatplane.chats.turn.read import HistoryCache, Read, config_times, top_up
 from chatplane.chats.turn.respond import LlmResponder, Responder, TurnInput
-from chatplane.chats.turn.write import TurnWrite, TurnWrites, write_turn
-from chatplane.db import LoopConnection, utcnow
+from chatplane.chats.turn.store import TurnStore, open_store
+from chatplane.chats.turn.write import TurnWrite
+from chatplane.db import utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import Chat
@@ -40,9 +42,6 @@ from chatplane.providers import OnDelta, Registry
 from chatplane.providers.base import Message
 from chatplane.webhooks.events import wants
 
-# The per-process history cache holds at most this many model-facing
-# messages in all (~300 bytes each: ~30 MiB), of the chats used last.
-HISTORY_CACHE_MESSAGES = 100_000
 END_REASON = "end_chat_tool"
 
 
@@ -77,18 +76,12 @@ class _Stale(Exception):  # a signal, not an error
 
 
 class Turns:
-    """Runs turns for one process: its database, models, locks and history cache.
+    """Runs turns for one process: its store (the database: lock, read,
+    write), its responder and its history cache.
 
     The hot path speaks SQLAlchemy Core on a plain connection (no ORM unit of
-    work): a turn is one read and one write around the model call. On
-    PostgreSQL the read comes with the turn lock (``locks.ChatRead``) and the
-    write goes out with other chats' turns (``TurnWrites``), one statement each.
-    On SQLite a turn in a quiet process (no write under way) reads and writes
-    right on the event loop (``db.LoopConnection``: no thread switches, never
-    a wait for a lock); under load it reads on the driver's thread, in order
-    with the writes, which go out together: reading on the loop there too
-    made more turns/s but a longer tail (p99 3-3.7x p50 at 64 chats against
-    1.9x).
+    work): a turn is one read and one write around the responder. How each
+    database makes those fast is its store's business (``store.TurnStore``).
     """
 
     def __init__(
@@ -106,41 +99,16 @@ class Turns:
         self.responder: Responder = LlmResponder(
             registry, tools.ToolRunner(http, allow_private_networks=allow_private_networks)
         )
-        path = engine.url.database if engine is not None and engine.dialect.name == "sqlite" else None
-        self._on_loop = LoopConnection(path) if path and path != ":memory:" else None
-        self._writes = TurnWrites(engine, self._on_loop) if engine is not None else None
-        # chat id -> the model-facing messages of its history. Checked against
-        # the chat's message_count on every turn and topped up from the
-        # database, so another process's writes are never missed, and a long
-        # chat costs one small query per turn instead of a re-read.
-        self._history: OrderedDict[str, History] = OrderedDict()
-        self._cached_messages = 0  # model-facing messages held in self._history
+        self.store: TurnStore = open_store(engine, locks)
+        self.history = HistoryCache()
 
     async def aclose(self) -> None:
-        """Wait for the writes still going out; give back the writes' connection."""
-        if self._writes is not None:
-            await self._writes.aclose()
-        if self._on_loop is not None:
-            self._on_loop.close()
-
-    def _remember(self, chat_id: str, history: History) -> None:
-        """Keep ``history`` as the chat's, most recently used; let the least
-        recently used go while the cache holds more messages than its budget
-        (bounded by size, not by a number of chats: a long chat weighs more)."""
-        earlier = self._history.pop(chat_id, None)
-        if earlier is not None and earlier is not history:
-            self._cached_messages -= earlier.counted
-        self._history[chat_id] = history
-        self._cached_messages += len(history.messages) - history.counted
-        history.counted = len(history.messages)
-        while self._cached_messages > HISTORY_CACHE_MESSAGES and len(self._history) > 1:
-            _, evicted = self._history.popitem(last=False)
-            self._cached_messages -= evicted.counted
+        """Wait for the writes still going out; give back what the store holds."""
+        await self.store.aclose()
 
     def forget(self, chat_id: str) -> None:
-        forgotten = self._history.pop(chat_id, None)
-        if forgotten is not None:
-            self._cached_messages -= forgotten.counted
+        """The chat takes no more turns (ended, deleted): its history need not stay cached."""
+        self.history.forget(chat_id)
 
     async def run(
         self,
@@ -167,16 +135,14 @@ class Turns:
         (the stored answer is not in the memo) read as every turn does.
         """
         request_hash = hashlib.sha256(content.encode()).hexdigest()
-        to_read = ChatRead(chat_id, workspace_id, idempotency_key) if self.locks.reads_with_lock else None
-        async with self.locks.hold(chat_id, to_read) as found:
+        async with self.store.hold(chat_id, workspace_id, idempotency_key) as found:
             # Reads under the turn lock need no transaction: nothing else can
             # change this chat's history until we let go.
             read: Read | None = None
             while True:
                 if read is None:
-                    read = await read_turn(self.engine, found, chat_id, workspace_id, idempotency_key,
-                                       self._history.get(chat_id), trust_memo=on_delta is None,
-                                       reader=self._on_loop if self._writes.idle() else None)
+                    read = await self.store.read(found, chat_id, workspace_id, idempotency_key,
+                                                 self.history.get(chat_id), trust_memo=on_delta is None)
                     found = None  # a second read (_Stale) reads it all
                 try:
                     return await self._turn(
@@ -210,12 +176,12 @@ class Turns:
         if row.status != "ongoing":
             raise chat_ended(row)
         history = top_up(read.base, read)
-        self._remember(chat_id, history)
+        self.history.remember(chat_id, history)
 
         async def confirm() -> None:
             """An unchecked read's configurations, checked now (before a tool runs)."""
             if read.unchecked:
-                fresh = await read_turn(self.engine, None, chat_id, workspace_id, None, history)
+                fresh = await self.store.read(None, chat_id, workspace_id, None, history, trust_memo=False)
                 if fresh.chat is None or config_times(fresh.chat) != config_times(row):
                     raise _Stale(fresh)
                 read.unchecked = False
@@ -261,13 +227,13 @@ class Turns:
             # Webhooks and the end of the chat go through the ORM, in the
             # same transaction as the messages.
             async with self.engine.begin() as conn:
-                await conn.run_sync(lambda sync_conn: write_turn(sync_conn, turn))
+                await self.store.write_in(conn, turn)
                 updated = await _transcript_updated(conn, chat_id, row.agent_config)
                 if effects.end_chat:
                     ending = await self._finish(conn, chat_id, now)
         else:  # with other chats' turns
             turn.guard = config_times(row) if read.unchecked else None
-            if not await self._writes.write(turn):
+            if not await self.store.write(turn):
                 if turn.guard is not None:
                     raise _Stale()
                 raise chat_not_found(chat_id)  # gone meanwhile (deleted with its workspace)
@@ -281,13 +247,11 @@ class Turns:
         for agent in agents:
             history.messages.extend(tools.history_messages("assistant", agent["content"], agent["tool_calls"]))
         history.rows += 1 + len(agents)
-        self._remember(chat_id, history)
-        if self.locks.reads_with_lock:  # the chat row as this turn left it, for the next turn (HeldOver)
-            changes = {"current_state": effects.state, "collected_dynamic_variables": effects.collected}
-            self.locks.keep(chat_id, row._replace(
-                message_count=after["b_count"], last_user_message_at=started, last_agent_message_at=now,
-                **(changes if effects.changed else {}),
-            ))
+        self.history.remember(chat_id, history)
+        # What this turn changed in the chat row, for the lock's next holder.
+        changes = {"current_state": effects.state, "collected_dynamic_variables": effects.collected}
+        self.store.keep(chat_id, row, message_count=after["b_count"], last_user_message_at=started,
+                        last_agent_message_at=now, **(changes if effects.changed else {}))
         return TurnAnswer(body=body)
 
 

@@ -1,23 +1,88 @@
-"""PostgreSQL: the writes of any number of turns as one statement (``turns_write``)."""
+"""The PostgreSQL store of turns (``PgStore``).
+
+- The lock and the read are one round trip: ``chatplane_turn_locks`` takes
+  the chat's advisory lock and reads the chat under it (``locks.ChatRead``).
+- A turn that comes for a chat whose lock this process let go of a moment
+  ago, and whose release had not gone out, takes the lock back without a
+  round trip (``locks.HeldOver``) and starts from the chat row the last turn
+  left (``keep``), its configurations checked before a tool runs or by the
+  guard of the statement that writes it.
+- The writes of any number of turns are one statement (``turns_write``), on
+  a connection of the store's own.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from sqlalchemy import Boolean, Select, and_, bindparam, case, func, insert, select, true, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chatplane.chats.turn.read import AGENTS, CHATS, IDEMPOTENCY, LLMS, MESSAGES
+from chatplane.chats.locks import ChatRead, TurnLocks
+from chatplane.chats.service import chat_not_found
+from chatplane.chats.turn.read import AGENTS, CHATS, IDEMPOTENCY, LLMS, MESSAGES, History, Read, read_turn
+from chatplane.chats.turn.write import TurnWrite, WriteBatcher
+from chatplane.db import OwnConnection, fetch
 
-if TYPE_CHECKING:
-    from chatplane.chats.turn.write import TurnWrite
+# This connection sends one statement, whose right plan is a primary-key
+# lookup per turn however small the tables: on a new database the planner
+# hashed the whole chats table for every write instead (0.3 ms a turn at 400
+# chats). Planned once: a custom plan each time costs more than the write (~0.3 ms).
+PLANNER = (
+    "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_seqscan = off; "
+    "SET plan_cache_mode = force_generic_plan"
+)
+
+
+class PgStore:
+    def __init__(self, engine: AsyncEngine, locks: TurnLocks) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.conn = OwnConnection(engine, PLANNER)
+        self.writes = WriteBatcher(self._send)
+
+    def hold(self, chat_id: str, workspace_id: int, idempotency_key: str | None) -> AbstractAsyncContextManager[Any]:
+        return self.locks.hold(chat_id, ChatRead(chat_id, workspace_id, idempotency_key))
+
+    async def read(self, found: Any, chat_id: str, workspace_id: int, idempotency_key: str | None,
+                   cached: History | None, *, trust_memo: bool) -> Read:
+        return await read_turn(self.engine, found, chat_id, workspace_id, idempotency_key, cached,
+                               trust_memo=trust_memo)
+
+    async def write(self, turn: TurnWrite) -> bool:
+        return await self.writes.write(turn)
+
+    async def write_in(self, conn: AsyncConnection, turn: TurnWrite) -> None:
+        if not await conn.run_sync(lambda sync_conn: _written(sync_conn, [turn])):
+            raise chat_not_found(turn.after["b_chat_id"])  # gone (deleted with its workspace)
+
+    def keep(self, chat_id: str, row: Any, **changed: Any) -> None:
+        self.locks.keep(chat_id, row._replace(**changed))
+
+    async def _send(self, turns: list[TurnWrite]) -> set[str]:
+        rows = await fetch(await self.conn.driver(), self.engine.dialect, *turns_write(turns))
+        return {chat_id for (chat_id,) in rows}
+
+    async def aclose(self) -> None:
+        await self.writes.aclose()
+        await self.conn.discard()  # its planner settings are not for the pool's other users
+
+
+def _written(conn: Connection, turns: list[TurnWrite]) -> set[str]:
+    """The writes of several turns (of different chats) in one statement; the
+    ids of the chats written (a turn whose guard failed, or whose chat is
+    gone, wrote nothing)."""
+    return {chat_id for (chat_id,) in conn.execute(*turns_write(turns)).all()}
 
 _PG = postgresql.asyncpg.dialect()
 
 
 def turns_write(turns: list[TurnWrite]) -> tuple[Select[Any], dict[str, Any]]:
-    """The statement and parameters of ``_write_turns``."""
+    """The statement and parameters that write ``turns`` (see ``_turns_statement``)."""
     messages = [message for turn in turns for message in turn.messages]
     columns = tuple(messages[0])  # every message row of a turn has the same keys
     params: dict[str, Any] = {f"m_{column}": [message[column] for message in messages] for column in columns}

@@ -10,6 +10,7 @@ turns that back into the same row.
 from __future__ import annotations
 
 import collections
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,9 @@ from chatplane.chats.locks import HeldOver
 from chatplane.db import LoopConnection, UTCDateTime, run_unit
 from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm, Workspace
 
+# The per-process history cache holds at most this many model-facing
+# messages in all (~300 bytes each: ~30 MiB), of the chats used last.
+HISTORY_CACHE_MESSAGES = 100_000
 # SQLite: history rows a turn reads on the event loop at most (db.LoopConnection);
 # a longer rest (a cold cache on a long chat) is read on the driver's thread.
 LOOP_READ_ROWS = 64
@@ -67,6 +71,46 @@ class History:
     rows: int
     messages: list[dict[str, Any]]
     counted: int = 0  # of these messages, how many the cache's total counts
+
+
+class HistoryCache:
+    """Per process: chat id -> the model-facing messages of its history.
+
+    Checked against the chat's ``message_count`` on every turn and topped up
+    from the database (``top_up``), so another process's writes are never
+    missed, and a long chat costs one small query per turn instead of a
+    re-read. Bounded by size, not by a number of chats: while it holds more
+    than ``HISTORY_CACHE_MESSAGES`` messages, the least recently used chats go
+    (a long chat weighs more; the last one stays, however long).
+    """
+
+    def __init__(self) -> None:
+        self._chats: OrderedDict[str, History] = OrderedDict()
+        self.messages = 0  # model-facing messages held
+
+    def get(self, chat_id: str) -> History | None:
+        return self._chats.get(chat_id)
+
+    def chats(self) -> list[str]:
+        """The chats held, least recently used first."""
+        return list(self._chats)
+
+    def remember(self, chat_id: str, history: History) -> None:
+        """Keep ``history`` as the chat's, most recently used."""
+        earlier = self._chats.pop(chat_id, None)
+        if earlier is not None and earlier is not history:
+            self.messages -= earlier.counted
+        self._chats[chat_id] = history
+        self.messages += len(history.messages) - history.counted
+        history.counted = len(history.messages)
+        while self.messages > HISTORY_CACHE_MESSAGES and len(self._chats) > 1:
+            _, evicted = self._chats.popitem(last=False)
+            self.messages -= evicted.counted
+
+    def forget(self, chat_id: str) -> None:
+        forgotten = self._chats.pop(chat_id, None)
+        if forgotten is not None:
+            self.messages -= forgotten.counted
 
 
 @dataclass(slots=True)

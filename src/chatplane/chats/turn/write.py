@@ -1,22 +1,19 @@
-"""What a turn writes, and the writes of many turns sent together (``TurnWrites``)."""
+"""What a turn writes (``TurnWrite``), and the writes of many turns sent together (``WriteBatcher``)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import Connection
 
-from chatplane.chats.service import chat_not_found
-from chatplane.chats.turn.postgres import turns_write
 from chatplane.chats.turn.read import CHATS, IDEMPOTENCY, MESSAGES
-from chatplane.db import LoopConnection, OwnConnection, fetch, run_unit
 
-# Turns written in one statement (PostgreSQL) or transaction (SQLite) at most (TurnWrites).
+# Turns written in one statement (PostgreSQL) or transaction (SQLite) at most (WriteBatcher).
 WRITE_BATCH = 64
 
 INSERT_MESSAGES = insert(MESSAGES)
@@ -54,10 +51,7 @@ class TurnWrite:
 
 
 def write_turn(conn: Connection, turn: TurnWrite) -> None:
-    if _one_statement(conn.dialect):
-        if not _write_turns(conn, [turn]):  # the chat is gone (deleted with its workspace)
-            raise chat_not_found(turn.after["b_chat_id"])
-        return
+    """One turn's writes as separate statements (SQLite; inside the caller's transaction)."""
     conn.execute(INSERT_MESSAGES, turn.messages)
     if turn.tool_changes is not None:
         conn.execute(UPDATE_AFTER_TOOLS, {**turn.after, **turn.tool_changes})
@@ -67,20 +61,12 @@ def write_turn(conn: Connection, turn: TurnWrite) -> None:
         conn.execute(INSERT_IDEMPOTENT, turn.idempotent)
 
 
-def _one_statement(dialect: Dialect) -> bool:
-    """Whether this database writes turns in one statement (see ``_turns_statement``)."""
-    return dialect.name == "postgresql"
+Send = Callable[[list["TurnWrite"]], Awaitable[set[str]]]
 
 
-def _write_turns(conn: Connection, turns: list[TurnWrite]) -> set[str]:
-    """PostgreSQL: the writes of several turns (of different chats) in one
-    statement; the ids of the chats written (a turn whose guard failed, or
-    whose chat is gone, wrote nothing)."""
-    return {chat_id for (chat_id,) in conn.execute(*turns_write(turns)).all()}
-
-
-class TurnWrites:
-    """Turns' writes, sent together.
+class WriteBatcher:
+    """Turns' writes, sent together by ``send`` (a store's: it answers the ids
+    of the chats it wrote).
 
     The writes that wait while one is out go as the next one (at most
     ``WRITE_BATCH`` turns): under load a process commits many turns in one
@@ -90,38 +76,16 @@ class TurnWrites:
     ``bench/chats.py``, CPU per completion 2.4 -> 1.8 ms). Turns of one chat
     never meet in a batch (a turn writes under its chat's lock). If a batch
     fails, each of its turns is written alone, so a turn fails only for a
-    reason of its own. On SQLite, a turn that finds nothing written or
-    waiting is written at once on the event loop (``db.LoopConnection``),
-    unless another process holds the write lock.
+    reason of its own.
     """
 
-    def __init__(self, engine: AsyncEngine, on_loop: LoopConnection | None = None) -> None:
-        self.engine = engine
-        self.on_loop = on_loop
+    def __init__(self, send: Send) -> None:
+        self.send = send
         self._waiting: list[tuple[TurnWrite, asyncio.Future[bool]]] = []
         self._driver: asyncio.Task[None] | None = None
-        # PostgreSQL: this connection sends one statement, whose right plan
-        # is a primary-key lookup per turn however small the tables: on a new
-        # database the planner hashed the whole chats table for every write
-        # instead (0.3 ms a turn at 400 chats). Planned once: a custom plan
-        # each time costs more than the write (~0.3 ms).
-        self.conn = OwnConnection(
-            engine,
-            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_seqscan = off; "
-            "SET plan_cache_mode = force_generic_plan",
-        ) if _one_statement(engine.dialect) else None
 
     async def write(self, turn: TurnWrite) -> bool:
-        """Whether the turn was written (see ``_write_turns``)."""
-        if self.on_loop is not None and self.idle():
-            # SQLite, nothing else writing in this process: right here, unless
-            # another process holds the write lock.
-            try:
-                self.on_loop.run(lambda conn: write_turn(conn, turn), write=True)
-            except LoopConnection.Busy:
-                pass
-            else:
-                return True
+        """Whether the turn was written (False: its chat is gone, or its guard failed)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((turn, future))
         if self._driver is None:
@@ -154,13 +118,13 @@ class TurnWrites:
 
     async def _write(self, batch: list[tuple[TurnWrite, asyncio.Future[bool]]]) -> None:
         try:
-            written = await self._send([turn for turn, _ in batch])
+            written = await self.send([turn for turn, _ in batch])
         except Exception:
             if len(batch) == 1:
                 raise
             for turn, future in batch:  # alone, so that only a turn at fault fails
                 try:
-                    alone = await self._send([turn])
+                    alone = await self.send([turn])
                 except Exception as error:  # noqa: BLE001 - handed to its turn
                     _settle(future, error=error)
                 else:
@@ -169,22 +133,14 @@ class TurnWrites:
             for turn, future in batch:
                 _settle(future, turn.after["b_chat_id"] in written)
 
-    async def _send(self, turns: list[TurnWrite]) -> set[str]:
-        if self.conn is None:  # SQLite: one transaction; a chat gone fails it (its messages' foreign key)
-            await run_unit(self.engine, lambda conn: [write_turn(conn, turn) for turn in turns], write=True)
-            return {turn.after["b_chat_id"] for turn in turns}
-        rows = await fetch(await self.conn.driver(), self.engine.dialect, *turns_write(turns))
-        return {chat_id for (chat_id,) in rows}
-
     def idle(self) -> bool:
         """Whether no write is out or waiting."""
         return self._driver is None
 
     async def aclose(self) -> None:
+        """Wait for the writes still going out."""
         while self._driver is not None:
             await asyncio.wait([self._driver])
-        if self.conn is not None:
-            await self.conn.discard()  # its planner settings are not for the pool's other users
 
 
 def _settle(future: asyncio.Future[bool], written: bool = False, *, error: BaseException | None = None) -> None:

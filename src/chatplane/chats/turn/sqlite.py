@@ -1,0 +1,68 @@
+"""The SQLite store of turns (``SqliteStore``).
+
+- The lock is a byte-range lock per chat on a file beside the database
+  (``locks.TurnLocks``); the read comes after it.
+- A turn in a quiet process (no write out or waiting) reads and writes right
+  on the event loop (``db.LoopConnection``: no thread switches, never a wait
+  for the database's lock: busy means the usual way); under load it reads on
+  the driver's thread, in order with the writes, which go out together in
+  one transaction: reading on the loop there too made more turns/s but a
+  longer tail (p99 3-3.7x p50 at 64 chats against 1.9x).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chatplane.chats.locks import TurnLocks
+from chatplane.chats.turn.read import History, Read, read_turn
+from chatplane.chats.turn.write import TurnWrite, WriteBatcher, write_turn
+from chatplane.db import LoopConnection, run_unit
+
+
+class SqliteStore:
+    def __init__(self, engine: AsyncEngine, locks: TurnLocks) -> None:
+        self.engine = engine
+        self.locks = locks
+        path = engine.url.database
+        self.on_loop = LoopConnection(path) if path and path != ":memory:" else None
+        self.writes = WriteBatcher(self._send)
+
+    def hold(self, chat_id: str, workspace_id: int, idempotency_key: str | None) -> AbstractAsyncContextManager[Any]:
+        return self.locks.hold(chat_id)
+
+    async def read(self, found: Any, chat_id: str, workspace_id: int, idempotency_key: str | None,
+                   cached: History | None, *, trust_memo: bool) -> Read:
+        reader = self.on_loop if self.writes.idle() else None
+        return await read_turn(self.engine, found, chat_id, workspace_id, idempotency_key, cached, reader=reader)
+
+    async def write(self, turn: TurnWrite) -> bool:
+        if self.on_loop is not None and self.writes.idle():
+            # Nothing else writing in this process: right here, unless
+            # another process holds the write lock.
+            try:
+                self.on_loop.run(lambda conn: write_turn(conn, turn), write=True)
+            except LoopConnection.Busy:
+                pass
+            else:
+                return True
+        return await self.writes.write(turn)
+
+    async def write_in(self, conn: AsyncConnection, turn: TurnWrite) -> None:
+        await conn.run_sync(lambda sync_conn: write_turn(sync_conn, turn))
+
+    def keep(self, chat_id: str, row: Any, **changed: Any) -> None:
+        """Nothing to keep: a SQLite turn always reads the chat."""
+
+    async def _send(self, turns: list[TurnWrite]) -> set[str]:
+        # One transaction; a chat gone fails it (its messages' foreign key).
+        await run_unit(self.engine, lambda conn: [write_turn(conn, turn) for turn in turns], write=True)
+        return {turn.after["b_chat_id"] for turn in turns}
+
+    async def aclose(self) -> None:
+        await self.writes.aclose()
+        if self.on_loop is not None:
+            self.on_loop.close()
