@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from chatplane.chats import lifecycle
+from chatplane.chats import idle
 from chatplane.db import utcnow
 from chatplane.models import Job
 from chatplane.testing import Reply
@@ -143,7 +143,7 @@ def test_rerun_analysis_route(api: Api, other: Api, model: ScriptedModel) -> Non
 
 def _queue_idle(api: Api, *, after_s: float) -> int:
     now = utcnow() + timedelta(seconds=after_s)
-    return api.backend.server.call(lambda services: lifecycle.queue_idle_chats(services, now=now))
+    return api.backend.server.call(lambda services: idle.queue_idle_chats(services, now=now))
 
 
 def test_idle_chats_are_closed_with_the_auto_close_message(api: Api, model: ScriptedModel) -> None:
@@ -176,7 +176,7 @@ def test_each_idle_chat_is_closed_once(api: Api, model: ScriptedModel) -> None:
 
     async def jobs_for(session):
         return await session.scalar(
-            select(func.count()).where(Job.kind == lifecycle.AUTO_CLOSE_JOB, Job.dedupe_key == f"auto_close:{chat['chatId']}")
+            select(func.count()).where(Job.kind == idle.AUTO_CLOSE_JOB, Job.dedupe_key == f"auto_close:{chat['chatId']}")
         )
 
     assert api.backend.run(jobs_for) == 1
@@ -195,7 +195,7 @@ def test_a_user_who_spoke_is_not_idle(api: Api, model: ScriptedModel) -> None:
 
 async def _idle_ids(services, *, after_s: float, page: int = 500) -> list[str]:
     async with services.sessions() as session:
-        return await lifecycle.find_idle_chats(
+        return await idle.find_idle_chats(
             session, now=utcnow() + timedelta(seconds=after_s), limit=100_000, page=page
         )
 

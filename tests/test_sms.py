@@ -32,7 +32,7 @@ from sqlalchemy import select, text
 from twilio.request_validator import RequestValidator
 
 from chatplane import jobs, signing
-from chatplane.chats import lifecycle
+from chatplane.chats import idle
 from chatplane.db import utcnow
 from chatplane.ids import new_id
 from chatplane.models import Job, PhoneNumber, SmsMessage
@@ -684,7 +684,7 @@ def test_an_idle_sms_chat_is_closed_by_text_then_analysed_and_costed(
     [chat] = sms_chats(mine)
 
     later = utcnow() + timedelta(seconds=121)
-    queued = sms.server.call(lambda services: lifecycle.queue_idle_chats(services, now=later))
+    queued = sms.server.call(lambda services: idle.queue_idle_chats(services, now=later))
     assert queued >= 1
     assert texts_to(twilio, user, 2)[1].body == "Closing this chat. Text us any time!"
     ended = eventually(lambda: c if (c := the_chat(mine, chat["chatId"]))["chatAnalysis"] else None,

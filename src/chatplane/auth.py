@@ -155,16 +155,13 @@ async def get_session(request: Request):  # type: ignore[no-untyped-def]
     Used with ``scope="function"`` so the commit happens before the response
     is sent: a client never sees a 2xx for work that was not kept.
     """
-    from chatplane import jobs
-
     async with request.app.state.sessions() as session:
         try:
             yield session
-            await session.commit()
+            await session.commit()  # wakes this process's workers if it queued jobs (jobs.committed)
         except BaseException:
             await session.rollback()
             raise
-        jobs.committed(session)
 
 
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -254,9 +254,8 @@ async def fetch(driver: Any, dialect: Dialect, statement: Any, params: dict[str,
     """``statement`` (SQLAlchemy Core) sent straight to an asyncpg connection:
     compiled once, its parameters converted by their types, its rows as
     named tuples."""
-    compiled = _compiled(statement, dialect)
+    compiled, processors = _compiled(statement, dialect)
     values = compiled.construct_params(params or {})
-    processors = compiled._bind_processors  # noqa: SLF001 - the types' own bind conversions
     args = [
         processors[name](values[name]) if name in processors else values[name]
         for name in compiled.positiontup or ()
@@ -268,21 +267,28 @@ async def fetch(driver: Any, dialect: Dialect, statement: Any, params: dict[str,
     return _Rows(row._make(record.values()) for record in records)
 
 
-_compiled_statements: dict[int, tuple[Any, Any]] = {}  # id(statement) -> (statement, compiled)
+# id(statement) -> (statement, compiled, its parameters' bind conversions)
+_compiled_statements: dict[int, tuple[Any, Any, dict[str, Callable[[Any], Any]]]] = {}
 
 
-def _compiled(statement: Any, dialect: Dialect) -> Any:
-    """The statement compiled for ``dialect``, once (the hot path's are built once, at import)."""
+def _compiled(statement: Any, dialect: Dialect) -> tuple[Any, dict[str, Callable[[Any], Any]]]:
+    """The statement compiled for ``dialect``, and the conversion of each
+    parameter its type asks for on this dialect (``TypeEngine.bind_processor``),
+    once (the hot path's statements are built once, at import)."""
     found = _compiled_statements.get(id(statement))
     if found is not None and found[0] is statement:
-        return found[1]
+        return found[1], found[2]
     compiled = statement.compile(dialect=dialect)
     if any(bind.expanding for bind in compiled.binds.values()) or compiled.literal_execute_params:
         raise NotImplementedError("a unit on asyncpg takes no expanding parameters")
+    processors = {
+        name: processor for name, bind in compiled.binds.items()
+        if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    }
     if len(_compiled_statements) >= 256:  # statements built on the fly (tests, tools): keep it bounded
         _compiled_statements.clear()
-    _compiled_statements[id(statement)] = (statement, compiled)
-    return compiled
+    _compiled_statements[id(statement)] = (statement, compiled, processors)
+    return compiled, processors
 
 
 @functools.lru_cache(maxsize=256)
@@ -404,9 +410,8 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 @asynccontextmanager
 async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session whose work is committed on success and rolled back on error."""
-    from chatplane import jobs
-
+    """A session whose work is committed on success and rolled back on error
+    (a commit that queued jobs wakes the process's workers: ``jobs.committed``)."""
     async with sessions() as session:
         try:
             yield session
@@ -414,7 +419,6 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
         except BaseException:
             await session.rollback()
             raise
-        jobs.committed(session)
 
 
 async def get_scoped(

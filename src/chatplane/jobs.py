@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import and_, bindparam, event, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from chatplane.db import run_unit, transaction, utcnow
 from chatplane.models import Job
@@ -110,12 +110,18 @@ async def enqueue(
 _LOCAL_WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
 
 
-def committed(session: AsyncSession) -> None:
-    """Call after a commit: if it enqueued jobs, this process's workers look now
-    instead of at their next poll (other processes find them by polling)."""
+def committed(session: AsyncSession | Session) -> None:
+    """After a commit: if it enqueued jobs, this process's workers look now
+    instead of at their next poll (other processes find them by polling).
+    Every session's commit calls it (the ``after_commit`` event below); call
+    it by hand for a session that joined a transaction it did not commit (a
+    session bound to a connection, the connection committed)."""
     if session.info.pop("jobs_enqueued", False):
         for worker in _LOCAL_WORKERS:
             worker.poke()
+
+
+event.listen(Session, "after_commit", committed)
 
 
 def backoff_s(attempt: int, *, base_s: float, cap_s: float) -> float:

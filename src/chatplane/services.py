@@ -22,7 +22,7 @@ from chatplane.settings import Settings
 
 # Modules whose job handlers a worker must know, imported for their registration.
 import chatplane.chats.analysis  # noqa: E402,F401
-import chatplane.chats.lifecycle  # noqa: E402,F401
+import chatplane.chats.idle  # noqa: E402,F401
 import chatplane.webhooks.deliver  # noqa: E402,F401
 import chatplane.sms.tasks  # noqa: E402,F401
 
@@ -87,9 +87,7 @@ async def start(settings: Settings, *, worker: bool) -> Services:
             backoff_base_s=jobs.backoff_base_s, backoff_cap_s=jobs.backoff_cap_s,
         )
         services._tasks.append(asyncio.create_task(services.worker.run_forever()))
-        from chatplane.chats.lifecycle import run_monitor
-
-        services._tasks.append(asyncio.create_task(run_monitor(services)))
+        services._tasks.append(asyncio.create_task(chatplane.chats.idle.run_monitor(services)))
     return services
 
 

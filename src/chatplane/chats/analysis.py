@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chatplane import jobs, text
 from chatplane.chats import service
-from chatplane.chats.cost import chat_cost
+from chatplane.chats.cost import update_cost
 from chatplane.chats.lifecycle import ANALYZE_JOB, agent_config_of, emit
 from chatplane.chats.prompt import transcript
 from chatplane.db import transaction, utcnow
-from chatplane.models import Chat, ChatMessage, Llm
+from chatplane.models import Chat, Llm
 from chatplane.providers import ModelRequest, ProviderError, Registry
 
 ATTEMPTS = 3
@@ -146,21 +146,6 @@ async def analyze(sessions: async_sessionmaker[AsyncSession], *, registry: Regis
         if result is not None:
             await emit(session, chat, "chat_analyzed", agent_config)
     return chat
-
-
-async def update_cost(session: AsyncSession, *, registry: Registry, chat: Chat) -> None:
-    rows = (
-        await session.execute(
-            select(ChatMessage.model, ChatMessage.prompt_tokens, ChatMessage.completion_tokens).where(
-                ChatMessage.chat_id == chat.id, ChatMessage.model.is_not(None)
-            )
-        )
-    ).all()
-    usage = [tuple(r) for r in rows] + [
-        (u["model"], u["prompt_tokens"], u["completion_tokens"]) for u in chat.extra_usage or []
-    ]
-    chat.chat_cost = chat_cost(registry, usage)
-    chat.combined_cost = chat.chat_cost["combinedCost"]
 
 
 def _now() -> str:

@@ -6,6 +6,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatplane.models import Chat, ChatMessage
 from chatplane.providers import Registry
 
 
@@ -31,3 +35,19 @@ def chat_cost(registry: Registry, usage: Iterable[tuple[str | None, int, int]]) 
             {"product": f"{model} {direction} tokens", "unitPrice": unit, "quantity": count, "cost": round(unit * count, 8)}
         )
     return {"productCosts": products, "combinedCost": round(sum(p["cost"] for p in products), 8)}
+
+
+async def update_cost(session: AsyncSession, *, registry: Registry, chat: Chat) -> None:
+    """``chat.chat_cost`` and ``combined_cost`` from every model call of the chat so far."""
+    rows = (
+        await session.execute(
+            select(ChatMessage.model, ChatMessage.prompt_tokens, ChatMessage.completion_tokens).where(
+                ChatMessage.chat_id == chat.id, ChatMessage.model.is_not(None)
+            )
+        )
+    ).all()
+    usage = [tuple(r) for r in rows] + [
+        (u["model"], u["prompt_tokens"], u["completion_tokens"]) for u in chat.extra_usage or []
+    ]
+    chat.chat_cost = chat_cost(registry, usage)
+    chat.combined_cost = chat.chat_cost["combinedCost"]

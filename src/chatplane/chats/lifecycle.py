@@ -1,35 +1,32 @@
-"""What happens around and after turns: starting, ending, closing idle chats.
+"""A chat's start (``create_chat``) and end (``finish_chat``).
 
-Every way a chat ends (``POST …/end``, the ``end_chat`` tool, inactivity)
-goes through ``finish_chat``, which in the same transaction queues what an
-ending causes: the ``chat_ended`` webhook and the post-chat analysis (which
-then queues ``chat_analyzed``). Idle chats are found by a monitor that
-queues one idempotent ``chat.auto_close`` job per chat (deduplicated), so
-several workers never close a chat twice.
+Every way a chat ends (``POST …/end``, the ``end_chat`` tool, inactivity:
+``chats.idle``) goes through ``finish_chat``, which in the same transaction
+queues what an ending causes: the ``chat_ended`` webhook and the post-chat
+analysis (which then queues ``chat_analyzed``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs
 from chatplane.chats import service
-from chatplane.db import transaction, utcnow
+from chatplane.chats.cost import update_cost
+from chatplane.chats.prompt import render
+from chatplane.db import utcnow
 from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage
 from chatplane.webhooks.events import enqueue_event, wants
 
 log = logging.getLogger(__name__)
 
-AUTO_CLOSE_JOB = "chat.auto_close"
 ANALYZE_JOB = "chat.analyze"
-MIN_SILENCE_MS = 120_000  # the smallest end_chat_after_silence_ms an agent may have
 
 
 async def agent_config_of(session: AsyncSession, chat: Chat) -> dict[str, Any]:
@@ -49,8 +46,67 @@ async def emit(session: AsyncSession, chat: Chat, event: str, agent_config: dict
         )
 
 
-async def chat_started(session: AsyncSession, chat: Chat, agent_config: dict[str, Any]) -> None:
-    await emit(session, chat, "chat_started", agent_config)
+async def create_chat(
+    session: AsyncSession,
+    *,
+    workspace_id: int,
+    agent_id: str,
+    agent_version: int | None = None,
+    metadata: dict[str, str] | None = None,
+    dynamic_variables: dict[str, str] | None = None,
+    chat_type: str = "api_chat",
+    user_number: str | None = None,
+    agent_number: str | None = None,
+) -> tuple[Chat, list[ChatMessage]]:
+    """Start a chat on the agent's latest (or given) version; the begin message,
+    if the LLM has one, becomes its first assistant message."""
+    agent, llm = await service.resolve_versions(
+        session, workspace_id=workspace_id, agent_id=agent_id, agent_version=agent_version
+    )
+    now = utcnow()
+    chat = Chat(
+        id=new_id("chat"),
+        workspace_id=workspace_id,
+        agent_id=agent.id,
+        agent_version=agent.version,
+        llm_id=llm.id,
+        llm_version=llm.version,
+        type=chat_type,
+        status="ongoing",
+        metadata_=metadata or {},
+        custom_attributes={},
+        dynamic_variables=dynamic_variables or {},
+        override_dynamic_variables={},
+        collected_dynamic_variables={},
+        current_state=llm.config.get("starting_state"),
+        message_count=0,
+        started_at=now,
+        user_number=user_number,
+        agent_number=agent_number,
+    )
+    session.add(chat)
+    messages: list[ChatMessage] = []
+    versions = service.Versions(agent=agent.config, llm=llm.config)
+    begin = render(
+        llm.config.get("begin_message"),
+        service.chat_variables(chat, versions),
+        now=now,
+        timezone=agent.config["timezone"],
+    )
+    if begin.strip():
+        messages.append(
+            ChatMessage(
+                id=new_id("msg"), chat_id=chat.id, seq=0, role="assistant", content=begin,
+                prompt_tokens=0, completion_tokens=0, created_at=now,
+            )
+        )
+        chat.message_count = 1
+        chat.last_agent_message_at = now
+    await session.flush()
+    session.add_all(messages)
+    await session.flush()
+    await emit(session, chat, "chat_started", agent.config)
+    return chat, messages
 
 
 async def finish_chat(
@@ -63,8 +119,6 @@ async def finish_chat(
     """
     await service.end_chat(session, chat=chat, reason=reason, now=now)
     if registry is not None:
-        from chatplane.chats.analysis import update_cost
-
         await update_cost(session, registry=registry, chat=chat)
         await session.flush()
     agent_config = await agent_config_of(session, chat)
@@ -74,95 +128,3 @@ async def finish_chat(
 
 
 # --- auto-close --------------------------------------------------------------
-
-
-async def find_idle_chats(
-    session: AsyncSession, *, now: datetime, limit: int = 500, page: int = 500
-) -> list[str]:
-    """Up to ``limit`` ongoing chats whose user has been silent at least the
-    agent's ``end_chat_after_silence_ms`` since the agent last spoke (or since
-    the chat started, if the agent has not).
-
-    The SQL filter knows only the smallest silence any agent may have; each
-    agent's own is checked here. So the candidates are read page by page
-    until enough are idle: a first page full of patient agents' chats must
-    not hide a quick agent's idle chat behind it.
-    """
-    last_agent = func.coalesce(Chat.last_agent_message_at, Chat.started_at)
-    candidates = (
-        select(Chat.id, last_agent, ChatAgent.config)
-        .join(ChatAgent, and_(ChatAgent.id == Chat.agent_id, ChatAgent.version == Chat.agent_version))
-        .where(
-            Chat.status == "ongoing",
-            last_agent <= now - timedelta(milliseconds=MIN_SILENCE_MS),
-            or_(Chat.last_user_message_at.is_(None), Chat.last_user_message_at <= last_agent),
-        )
-        .order_by(Chat.id)
-        .limit(page)
-    )
-    idle: list[str] = []
-    after = ""  # chat ids are ULIDs, all greater than ""
-    while len(idle) < limit:
-        rows = (await session.execute(candidates.where(Chat.id > after))).all()
-        for chat_id, since, config in rows:
-            since = since if since.tzinfo else since.replace(tzinfo=now.tzinfo)
-            if since + timedelta(milliseconds=config.get("end_chat_after_silence_ms", 3_600_000)) <= now:
-                idle.append(chat_id)
-        if len(rows) < page:
-            break
-        after = rows[-1][0]
-    return idle[:limit]
-
-
-async def queue_idle_chats(services: Any, *, now: datetime | None = None) -> int:
-    """One monitor pass: an auto-close job per idle chat (deduplicated per chat)."""
-    now = now or utcnow()
-    async with transaction(services.sessions) as session:
-        idle = await find_idle_chats(session, now=now)
-        for chat_id in idle:
-            await jobs.enqueue(
-                session, AUTO_CLOSE_JOB, {"chat_id": chat_id, "now": now.isoformat()},
-                dedupe_key=f"auto_close:{chat_id}",
-            )
-    return len(idle)
-
-
-async def run_monitor(services: Any) -> None:
-    while True:
-        try:
-            await queue_idle_chats(services)
-        except Exception:  # keep monitoring through a database hiccup
-            log.exception("idle-chat monitor pass failed")
-        await asyncio.sleep(services.settings.jobs.monitor_s)
-
-
-@jobs.handler(AUTO_CLOSE_JOB)
-async def auto_close(context: jobs.JobContext, payload: dict[str, Any]) -> None:
-    """Close one chat if it is still idle: its auto-close message, then the end."""
-    services = context.services
-    chat_id = payload["chat_id"]
-    now = datetime.fromisoformat(payload["now"]) if payload.get("now") else utcnow()
-    async with services.locks.hold(chat_id):
-        async with transaction(context.sessions) as session:
-            chat = await session.get(Chat, chat_id, with_for_update=True)
-            if chat is None or chat.status != "ongoing":
-                return  # ended meanwhile, or deleted: nothing to do
-            if chat.id not in await find_idle_chats(session, now=now):
-                return  # the user spoke meanwhile
-            config = await agent_config_of(session, chat)
-            message = (config.get("auto_close_message") or "").strip()
-            if message:
-                closing = ChatMessage(
-                    id=new_id("msg"), chat_id=chat.id, seq=chat.message_count, role="assistant",
-                    content=message, prompt_tokens=0, completion_tokens=0, created_at=utcnow(),
-                )
-                session.add(closing)
-                chat.message_count += 1
-                chat.last_agent_message_at = utcnow()
-                await session.flush()
-                if chat.type == "sms_chat":  # the user of an SMS chat reads it as a text
-                    from chatplane.sms.service import queue_agent_messages
-
-                    await queue_agent_messages(session, chat=chat, messages=[closing])
-            await finish_chat(session, chat=chat, reason="inactivity", registry=services.registry)
-        services.turns.forget(chat_id)

@@ -12,7 +12,6 @@ import mimeparse
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from chatplane import jobs
 from chatplane.auth import CurrentPrincipal, Principal, QueryWorkspace, Session
 from chatplane.chats import analysis, lifecycle, service
 from chatplane.chats.filters import id_bound
@@ -72,7 +71,7 @@ IdempotencyKeyHeader = Annotated[
              responses=error_responses(409, 413))
 async def create_chat(body: CreateChatRequest, session: Session, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
-    chat, messages = await service.create_chat(
+    chat, messages = await lifecycle.create_chat(
         session,
         workspace_id=workspace_id,
         agent_id=body.agent_id,
@@ -148,7 +147,6 @@ async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principa
             chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id, for_update=True)
             await lifecycle.finish_chat(session, chat=chat, reason="api", registry=request.app.state.services.registry)
             await session.commit()
-            jobs.committed(session)
         turns.forget(chat_id)  # no more turns: its history need not stay cached
     return Response(status_code=204)
 

@@ -12,10 +12,9 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import configs
-from chatplane.chats.prompt import merge_variables, render, transcript
+from chatplane.chats.prompt import merge_variables, transcript
 from chatplane.db import get_scoped, utcnow
 from chatplane.errors import Conflict, NotFound, shown
-from chatplane.ids import new_id
 from chatplane.models import Chat, ChatAgent, ChatMessage, Llm, SmsMessage
 from chatplane.pagination import PageRequest, fetch_page
 
@@ -76,71 +75,6 @@ async def resolve_versions(
             code="llm_missing",
         ) from None
     return agent, llm
-
-
-async def create_chat(
-    session: AsyncSession,
-    *,
-    workspace_id: int,
-    agent_id: str,
-    agent_version: int | None = None,
-    metadata: dict[str, str] | None = None,
-    dynamic_variables: dict[str, str] | None = None,
-    chat_type: str = "api_chat",
-    user_number: str | None = None,
-    agent_number: str | None = None,
-) -> tuple[Chat, list[ChatMessage]]:
-    """Start a chat on the agent's latest (or given) version; the begin message,
-    if the LLM has one, becomes its first assistant message."""
-    agent, llm = await resolve_versions(
-        session, workspace_id=workspace_id, agent_id=agent_id, agent_version=agent_version
-    )
-    now = utcnow()
-    chat = Chat(
-        id=new_id("chat"),
-        workspace_id=workspace_id,
-        agent_id=agent.id,
-        agent_version=agent.version,
-        llm_id=llm.id,
-        llm_version=llm.version,
-        type=chat_type,
-        status="ongoing",
-        metadata_=metadata or {},
-        custom_attributes={},
-        dynamic_variables=dynamic_variables or {},
-        override_dynamic_variables={},
-        collected_dynamic_variables={},
-        current_state=llm.config.get("starting_state"),
-        message_count=0,
-        started_at=now,
-        user_number=user_number,
-        agent_number=agent_number,
-    )
-    session.add(chat)
-    messages: list[ChatMessage] = []
-    versions = Versions(agent=agent.config, llm=llm.config)
-    begin = render(
-        llm.config.get("begin_message"),
-        chat_variables(chat, versions),
-        now=now,
-        timezone=agent.config["timezone"],
-    )
-    if begin.strip():
-        messages.append(
-            ChatMessage(
-                id=new_id("msg"), chat_id=chat.id, seq=0, role="assistant", content=begin,
-                prompt_tokens=0, completion_tokens=0, created_at=now,
-            )
-        )
-        chat.message_count = 1
-        chat.last_agent_message_at = now
-    await session.flush()
-    session.add_all(messages)
-    await session.flush()
-    from chatplane.chats.lifecycle import chat_started
-
-    await chat_started(session, chat, agent.config)
-    return chat, messages
 
 
 async def get_chat(session: AsyncSession, *, workspace_id: int, chat_id: str, for_update: bool = False) -> Chat:

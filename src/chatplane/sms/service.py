@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import configs, jobs
-from chatplane.chats.service import create_chat
+from chatplane.chats.lifecycle import create_chat
 from chatplane.db import get_scoped, utcnow
 from chatplane.errors import Conflict, InvalidInput, NotFound, shown
 from chatplane.ids import new_id

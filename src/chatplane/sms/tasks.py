@@ -38,7 +38,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs
-from chatplane.chats.service import create_chat
+from chatplane.chats.lifecycle import create_chat
 from chatplane.db import transaction, utcnow
 from chatplane.errors import AppError
 from chatplane.ids import new_id
