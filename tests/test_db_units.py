@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chatplane.chats.locks import TurnLocks
 from chatplane.chats.turn.postgres import PgStore
-from chatplane.chats.turn.read import CHATS, MESSAGES, READ_CHAT, READ_HISTORY, READ_IDEMPOTENT
+from chatplane.chats.turn.statements import CHATS, MESSAGES, READ_CHAT, READ_HISTORY, READ_IDEMPOTENT
 from chatplane.chats.turn.store import TurnStore, open_store
 from chatplane.chats.turn.write import TurnWrite
 from chatplane.db import create_engine, migrate, run_unit

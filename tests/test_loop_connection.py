@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chatplane.chats.turn import Turns
+from chatplane.chats.turn.engine import Turns
 from chatplane.chats.turn import read as read_module
 from chatplane.chats.turn import sqlite as sqlite_module
 from chatplane.db import LoopConnection

@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatplane.chats.turn.statements import lock_reads
 from chatplane.db import OwnConnection
 
 _MAX_WAIT_S = 0.02
@@ -119,7 +120,9 @@ class _PgAdvisory:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.conn = OwnConnection(engine)
+        # The reads chatplane_turn_locks runs under the lock, prepared on this
+        # connection from the statements every other read of a turn uses.
+        self.conn = OwnConnection(engine, lock_reads())
         self._releases: list[_Release] = []  # not sent yet
         # On which connection (OwnConnection.generation) each lock held now
         # was taken: one taken on a connection since replaced is gone, and is

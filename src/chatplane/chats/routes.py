@@ -25,7 +25,7 @@ from chatplane.chats.schemas import (
     CreateChatRequest,
     UpdateChatRequest,
 )
-from chatplane.chats.turn import Turns
+from chatplane.chats.turn.engine import Turns
 from chatplane.db import transaction
 from chatplane.errors import AppError, Conflict, error_responses
 from chatplane.pagination import PageQuery

@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatplane.chats.locks import ChatRead, TurnLocks
 from chatplane.chats.service import chat_not_found
-from chatplane.chats.turn.read import AGENTS, CHATS, IDEMPOTENCY, LLMS, MESSAGES, History, Read, read_turn
+from chatplane.chats.turn.read import History, Read, read_turn
+from chatplane.chats.turn.statements import AGENTS, CHATS, IDEMPOTENCY, LLMS, MESSAGES
 from chatplane.chats.turn.write import TurnWrite, WriteBatcher
 from chatplane.db import OwnConnection, fetch
 

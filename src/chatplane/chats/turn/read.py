@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, bindparam, select
+from sqlalchemy import Float
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatplane.chats import tools
 from chatplane.chats.locks import HeldOver
 from chatplane.db import LoopConnection, UTCDateTime, run_unit
-from chatplane.models import Chat, ChatAgent, ChatMessage, IdempotencyKey, Llm, Workspace
+from chatplane.chats.turn.statements import READ_CHAT, READ_HISTORY, READ_IDEMPOTENT
 
 # The per-process history cache holds at most this many model-facing
 # messages in all (~300 bytes each: ~30 MiB), of the chats used last.
@@ -32,36 +32,6 @@ HISTORY_CACHE_MESSAGES = 100_000
 # a longer rest (a cold cache on a long chat) is read on the driver's thread.
 LOOP_READ_ROWS = 64
 
-CHATS = Chat.__table__
-AGENTS = ChatAgent.__table__
-LLMS = Llm.__table__
-MESSAGES = ChatMessage.__table__
-IDEMPOTENCY = IdempotencyKey.__table__
-
-# The hot path's statements, built once: SQLAlchemy caches the compiled SQL,
-# but building the expression tree is itself ~1 ms a turn.
-READ_CHAT = (
-    select(
-        CHATS, ChatAgent.config.label("agent_config"), Llm.config.label("llm_config"),
-        # Signs custom-tool calls; a primary-key join, so no second query.
-        Workspace.webhook_key.label("webhook_key"),
-        # A draft configuration changes in place: what a turn that read
-        # nothing checks when it writes (see HeldOver in Turns.run).
-        ChatAgent.updated_at.label("agent_updated_at"), Llm.updated_at.label("llm_updated_at"),
-    )
-    .join(ChatAgent, (ChatAgent.id == CHATS.c.agent_id) & (ChatAgent.version == CHATS.c.agent_version))
-    .join(Llm, (Llm.id == CHATS.c.llm_id) & (Llm.version == CHATS.c.llm_version))
-    .join(Workspace, Workspace.id == CHATS.c.workspace_id)
-    .where(CHATS.c.id == bindparam("chat_id"), CHATS.c.workspace_id == bindparam("workspace_id"))
-)
-READ_HISTORY = (
-    select(MESSAGES.c.role, MESSAGES.c.content, MESSAGES.c.tool_calls)
-    .where(MESSAGES.c.chat_id == bindparam("chat_id"), MESSAGES.c.seq >= bindparam("from_seq"))
-    .order_by(MESSAGES.c.seq)
-)
-READ_IDEMPOTENT = select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.response).where(
-    IDEMPOTENCY.c.chat_id == bindparam("chat_id"), IDEMPOTENCY.c.key == bindparam("key")
-)
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Connection
 
-from chatplane.chats.turn.read import CHATS, IDEMPOTENCY, MESSAGES
+from chatplane.chats.turn.statements import CHATS, IDEMPOTENCY, MESSAGES
 
 # Turns written in one statement (PostgreSQL) or transaction (SQLite) at most (WriteBatcher).
 WRITE_BATCH = 64
