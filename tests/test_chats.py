@@ -161,6 +161,8 @@ def test_completion_returns_only_the_agents_new_messages(api: Api, model: Script
     )
     assert [m["role"] for m in fetched["messages"]] == ["user", "assistant", "user", "assistant"]
     assert fetched["messages"][1]["messageId"] == message["messageId"]
+    # The answer's message, written by hand (db.iso), as the response model writes it.
+    assert fetched["messages"][1] == message
 
 
 def test_variable_precedence_and_system_variables(api: Api, model: ScriptedModel) -> None:

@@ -47,6 +47,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso(moment: datetime) -> str:
+    """A time as chatplane writes it in JSON it builds by hand (webhook bodies,
+    delivery attempts, a turn's answer): ISO 8601 in UTC with ``Z``, the form
+    the response models give every datetime."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend (SQLite keeps no zone)."""
 

@@ -21,7 +21,7 @@ from chatplane.chats import service
 from chatplane.chats.cost import update_cost
 from chatplane.chats.lifecycle import ANALYZE_JOB, agent_config_of, emit
 from chatplane.chats.prompt import transcript
-from chatplane.db import transaction, utcnow
+from chatplane.db import iso, transaction, utcnow
 from chatplane.models import Chat, Llm
 from chatplane.providers import ModelRequest, ProviderError, Registry
 
@@ -149,7 +149,7 @@ async def analyze(sessions: async_sessionmaker[AsyncSession], *, registry: Regis
 
 
 def _now() -> str:
-    return utcnow().isoformat().replace("+00:00", "Z")
+    return iso(utcnow())
 
 
 @jobs.handler(ANALYZE_JOB)

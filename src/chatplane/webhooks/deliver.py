@@ -42,7 +42,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs, outbound
-from chatplane.db import get_scoped, transaction, utcnow
+from chatplane.db import get_scoped, iso, transaction, utcnow
 from chatplane.errors import NotFound, shown
 from chatplane.models import Chat, ChatAgent, WebhookDelivery, Workspace
 from chatplane.pagination import PageRequest, fetch_page
@@ -125,7 +125,7 @@ async def deliver(context: jobs.JobContext, payload: dict[str, Any]) -> None:
         earlier = list(delivery.attempts or [])
         number = (earlier[-1].get("attempt", len(earlier)) if earlier else 0) + 1
         record = {
-            "at": at.isoformat().replace("+00:00", "Z"),
+            "at": iso(at),
             "attempt": number,
             "status_code": status_code,
             "error": error,

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs
-from chatplane.db import utcnow
+from chatplane.db import iso, utcnow
 from chatplane.ids import new_id
 from chatplane.models import Chat, WebhookDelivery
 
@@ -58,5 +58,5 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
+        return iso(value)
     return value

@@ -34,7 +34,7 @@ from chatplane.chats.turn.read import HistoryCache, Read, config_times, top_up
 from chatplane.chats.turn.respond import LlmResponder, Responder, TurnInput
 from chatplane.chats.turn.store import TurnStore, open_store
 from chatplane.chats.turn.write import TurnWrite
-from chatplane.db import utcnow
+from chatplane.db import iso, utcnow
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import Chat
@@ -62,7 +62,7 @@ def _message_json(row: dict[str, Any]) -> dict[str, Any]:
         "tool_calls": row["tool_calls"] or [],
         "messageId": row["id"],
         # The same form the response models give every other datetime.
-        "createdAt": row["created_at"].isoformat().replace("+00:00", "Z"),
+        "createdAt": iso(row["created_at"]),
     }
 
 
