@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chatplane.chats.turn.engine import Turns
 from chatplane.chats.turn import read as read_module
 from chatplane.chats.turn import sqlite as sqlite_module
+from chatplane.chats.turn.engine import Turns
 from chatplane.db import LoopConnection
 from tests.chat_helpers import make_chat, say
 from tests.conftest import (
@@ -187,7 +187,7 @@ def test_a_turn_the_loop_cannot_read_at_once_reads_on_the_drivers_thread(
 def test_a_long_history_the_cache_lacks_is_read_on_the_drivers_thread(
     api: Api, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(read_module, "LOOP_READ_ROWS", 2)
+    monkeypatch.setattr(sqlite_module, "LOOP_READ_ROWS", 2)
     turns = _turns(api)
     chat_id = make_chat(api)["chatId"]
     for content in ("one", "two", "three"):

@@ -1,7 +1,8 @@
 """The PostgreSQL store of turns (``PgStore``).
 
 - The lock and the read are one round trip: ``chatplane_turn_locks`` takes
-  the chat's advisory lock and reads the chat under it (``locks.ChatRead``).
+  the chat's advisory lock and reads the chat under it (``locks.ChatRead``),
+  as JSON, turned back into the row ``READ_CHAT`` gives (``_read_with_lock``).
 - A turn that comes for a chat whose lock this process let go of a moment
   ago, and whose release had not gone out, takes the lock back without a
   round trip (``locks.HeldOver``) and starts from the chat row the last turn
@@ -13,21 +14,36 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Select, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chatplane.chats.locks import ChatRead, TurnLocks
+from chatplane.chats.locks import ChatRead, HeldOver, TurnLocks
 from chatplane.chats.service import chat_not_found
-from chatplane.chats.turn.read import History, Read, read_turn
-from chatplane.chats.turn.statements import AGENTS, CHATS, IDEMPOTENCY, LLMS, MESSAGES
+from chatplane.chats.turn.read import History, Read, read_now, with_history
+from chatplane.chats.turn.statements import AGENTS, CHATS, IDEMPOTENCY, LLMS, MESSAGES, READ_CHAT
 from chatplane.chats.turn.write import TurnWrite, WriteBatcher
-from chatplane.db import OwnConnection, fetch
+from chatplane.db import OwnConnection, UTCDateTime, fetch
 
 # This connection sends one statement, whose right plan is a primary-key
 # lookup per turn however small the tables: on a new database the planner
@@ -51,8 +67,15 @@ class PgStore:
 
     async def read(self, found: Any, chat_id: str, workspace_id: int, idempotency_key: str | None,
                    cached: History | None, *, trust_memo: bool) -> Read:
-        return await read_turn(self.engine, found, chat_id, workspace_id, idempotency_key, cached,
-                               trust_memo=trust_memo)
+        """What the lock's round trip found (``found``), or the memo of a lock
+        taken back (``HeldOver``) when the turn may start from it (never with an
+        Idempotency-Key: the stored answer is not in a memo), else a read now."""
+        if isinstance(found, HeldOver) and (found.memo is None or idempotency_key or not trust_memo):
+            found = None
+        if found is None:
+            return await read_now(self.engine, chat_id, workspace_id, idempotency_key, cached)
+        read = Read(found.memo, unchecked=True) if isinstance(found, HeldOver) else _read_with_lock(found)
+        return await with_history(self.engine, read, chat_id, cached)
 
     async def write(self, turn: TurnWrite) -> bool:
         return await self.writes.write(turn)
@@ -71,6 +94,38 @@ class PgStore:
     async def aclose(self) -> None:
         await self.writes.aclose()
         await self.conn.discard()  # its planner settings are not for the pool's other users
+
+
+# PostgreSQL reads the chat in the round trip that takes its turn lock
+# (``locks.ChatRead``), as JSON (``row_to_json``): turned back into the row
+# READ_CHAT gives, with its times and floats.
+_CHAT_FIELDS = tuple(column.name for column in READ_CHAT.selected_columns)
+_ChatRow = collections.namedtuple("_ChatRow", _CHAT_FIELDS, rename=True)  # type: ignore[misc]
+_Earlier = collections.namedtuple("_Earlier", ["request_hash", "response"])
+
+
+def _from_json(column: Any) -> Callable[[Any], Any] | None:
+    if isinstance(column.type, UTCDateTime):
+        return lambda value: datetime.fromisoformat(value).astimezone(UTC)
+    if isinstance(column.type, Float):
+        return float
+    return None
+
+
+_DECODE = [(name, _from_json(column)) for name, column in zip(_CHAT_FIELDS, READ_CHAT.selected_columns, strict=True)]
+
+
+def _read_with_lock(found: Any) -> Read:
+    """``Read`` of what the lock's round trip found (the history aside)."""
+    chat = found["chat"]
+    if chat is None:
+        return Read(None)
+    row = _ChatRow._make(
+        decode(chat[name]) if decode is not None and chat[name] is not None else chat[name]
+        for name, decode in _DECODE
+    )
+    earlier = found["earlier"]
+    return Read(row, _Earlier(earlier["request_hash"], earlier["response"]) if earlier is not None else None)
 
 
 def _written(conn: Connection, turns: list[TurnWrite]) -> set[str]:

@@ -2,35 +2,27 @@
 LLM's configurations), the answer stored under an Idempotency-Key, and the
 part of the history the process's cache lacks.
 
-The chat row a turn reads is ``READ_CHAT``. PostgreSQL reads it in the round
-trip that takes the turn lock (``locks.ChatRead``, as JSON): ``read_with_lock``
-turns that back into the same row.
+The chat row a turn reads is ``READ_CHAT`` (``statements.py``); how each
+database reads it fast is its store's (``postgres.py``, ``sqlite.py``).
 """
 
 from __future__ import annotations
 
-import collections
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatplane.chats import tools
-from chatplane.chats.locks import HeldOver
-from chatplane.db import LoopConnection, UTCDateTime, run_unit
 from chatplane.chats.turn.statements import READ_CHAT, READ_HISTORY, READ_IDEMPOTENT
+from chatplane.db import run_unit
 
 # The per-process history cache holds at most this many model-facing
 # messages in all (~300 bytes each: ~30 MiB), of the chats used last.
 HISTORY_CACHE_MESSAGES = 100_000
-# SQLite: history rows a turn reads on the event loop at most (db.LoopConnection);
-# a longer rest (a cold cache on a long chat) is read on the driver's thread.
-LOOP_READ_ROWS = 64
 
 
 
@@ -98,7 +90,7 @@ class Read:
     base: History | None = None
 
 
-def _read_unit(
+def read_unit(
     conn: Connection,
     chat_id: str,
     workspace_id: int,
@@ -108,7 +100,7 @@ def _read_unit(
 ) -> Read:
     """The chat, the answer stored under the Idempotency-Key, and the history
     the cache lacks; not the history if that is more than ``rows_at_most``
-    rows (``_read`` then reads it apart)."""
+    rows (``with_history`` then reads it apart)."""
     chat = conn.execute(READ_CHAT, {"chat_id": chat_id, "workspace_id": workspace_id}).one_or_none()
     if chat is None:
         return Read(None)
@@ -135,75 +127,24 @@ def _read_history(conn: Connection, chat_id: str, start: int) -> list[Any]:
     return conn.execute(READ_HISTORY, {"chat_id": chat_id, "from_seq": start}).all()
 
 
-# PostgreSQL reads the chat in the round trip that takes its turn lock
-# (``locks.ChatRead``), as JSON (``row_to_json``): turned back into the row
-# READ_CHAT gives, with its times and floats.
-_CHAT_FIELDS = tuple(column.name for column in READ_CHAT.selected_columns)
-_ChatRow = collections.namedtuple("_ChatRow", _CHAT_FIELDS, rename=True)  # type: ignore[misc]
-_Earlier = collections.namedtuple("_Earlier", ["request_hash", "response"])
-
-
-def _from_json(column: Any) -> Callable[[Any], Any] | None:
-    if isinstance(column.type, UTCDateTime):
-        return lambda value: datetime.fromisoformat(value).astimezone(UTC)
-    if isinstance(column.type, Float):
-        return float
-    return None
-
-
-_DECODE = [(name, _from_json(column)) for name, column in zip(_CHAT_FIELDS, READ_CHAT.selected_columns, strict=True)]
-
-
-def _read_with_lock(found: Any) -> Read:
-    """``Read`` of what the lock's round trip found (the history aside)."""
-    chat = found["chat"]
-    if chat is None:
-        return Read(None)
-    row = _ChatRow._make(
-        decode(chat[name]) if decode is not None and chat[name] is not None else chat[name]
-        for name, decode in _DECODE
-    )
-    earlier = found["earlier"]
-    return Read(row, _Earlier(earlier["request_hash"], earlier["response"]) if earlier is not None else None)
-
-
-async def read_turn(
-    engine: AsyncEngine,
-    found: Any,
-    chat_id: str,
-    workspace_id: int,
-    idempotency_key: str | None,
-    cached: History | None,
-    *,
-    trust_memo: bool = False,
-    reader: LoopConnection | None = None,
+async def read_now(
+    engine: AsyncEngine, chat_id: str, workspace_id: int, idempotency_key: str | None, cached: History | None
 ) -> Read:
-    """What the turn reads under its lock: ``found`` by the lock itself
-    (PostgreSQL), or the memo of a lock taken back (``HeldOver``) when the turn
-    may start from it, else all of it now: with ``reader`` (SQLite) on the
-    event loop, save a long history the cache lacks."""
+    """All a turn reads, now, in one unit on the driver's way (``db.run_unit``)."""
     cached_rows = cached.rows if cached else 0
-    if isinstance(found, HeldOver) and (found.memo is None or idempotency_key or not trust_memo):
-        found = None  # an Idempotency-Key's stored answer is never in a memo
-    read: Read | None = None
-    if found is None and reader is not None:  # SQLite: on the event loop, a few rows by key
-        try:
-            read = reader.run(
-                lambda conn: _read_unit(conn, chat_id, workspace_id, idempotency_key, cached_rows, LOOP_READ_ROWS)
-            )
-        except LoopConnection.Busy:
-            pass
-    if found is None and read is None:
-        read = await run_unit(
-            engine, lambda conn: _read_unit(conn, chat_id, workspace_id, idempotency_key, cached_rows), write=False
-        )
-        read.base = cached
-        return read
-    if read is None:
-        read = Read(found.memo, unchecked=True) if isinstance(found, HeldOver) else _read_with_lock(found)
+    read = await run_unit(
+        engine, lambda conn: read_unit(conn, chat_id, workspace_id, idempotency_key, cached_rows), write=False
+    )
     read.base = cached
-    start = None if read.chat is None or read.earlier else _history_from(read.chat, cached_rows)
-    if start is not None and read.history_rows is None:  # the cache is behind: the history's rest
+    return read
+
+
+async def with_history(engine: AsyncEngine, read: Read, chat_id: str, cached: History | None) -> Read:
+    """``read`` (the chat found another way: by the lock, from a memo, on the
+    event loop) with the history the cache lacks, if it is not in it yet."""
+    read.base = cached
+    start = None if read.chat is None or read.earlier else _history_from(read.chat, cached.rows if cached else 0)
+    if start is not None and read.history_rows is None:
         read.history_from = start
         read.history_rows = await run_unit(engine, lambda conn: _read_history(conn, chat_id, start), write=False)
     return read

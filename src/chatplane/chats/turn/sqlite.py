@@ -18,9 +18,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatplane.chats.locks import TurnLocks
-from chatplane.chats.turn.read import History, Read, read_turn
+from chatplane.chats.turn.read import History, Read, read_now, read_unit, with_history
 from chatplane.chats.turn.write import TurnWrite, WriteBatcher, write_turn
 from chatplane.db import LoopConnection, run_unit
+
+# History rows a turn reads on the event loop at most; a longer rest (a cold
+# cache on a long chat) is read on the driver's thread.
+LOOP_READ_ROWS = 64
 
 
 class SqliteStore:
@@ -36,8 +40,16 @@ class SqliteStore:
 
     async def read(self, found: Any, chat_id: str, workspace_id: int, idempotency_key: str | None,
                    cached: History | None, *, trust_memo: bool) -> Read:
-        reader = self.on_loop if self.writes.idle() else None
-        return await read_turn(self.engine, found, chat_id, workspace_id, idempotency_key, cached, reader=reader)
+        if self.on_loop is not None and self.writes.idle():  # quiet: on the event loop, a few rows by key
+            cached_rows = cached.rows if cached else 0
+            try:
+                read = self.on_loop.run(lambda conn: read_unit(
+                    conn, chat_id, workspace_id, idempotency_key, cached_rows, LOOP_READ_ROWS))
+            except LoopConnection.Busy:
+                pass
+            else:
+                return await with_history(self.engine, read, chat_id, cached)
+        return await read_now(self.engine, chat_id, workspace_id, idempotency_key, cached)
 
     async def write(self, turn: TurnWrite) -> bool:
         if self.on_loop is not None and self.writes.idle():
