@@ -161,7 +161,7 @@ def test_completion_returns_only_the_agents_new_messages(api: Api, model: Script
     )
     assert [m["role"] for m in fetched["messages"]] == ["user", "assistant", "user", "assistant"]
     assert fetched["messages"][1]["messageId"] == message["messageId"]
-    # The answer's message, written by hand (db.iso), as the response model writes it.
+    # The answer's message, written by hand (text.iso), as the response model writes it.
     assert fetched["messages"][1] == message
 
 

@@ -1,5 +1,5 @@
 """SQLite: a turn reads its chat and writes its messages on the event loop
-(``db.LoopConnection``), on a connection of its own, when nothing else in the
+(``db_sqlite.LoopConnection``), on a connection of its own, when nothing else in the
 process is writing; on the driver's thread when it cannot at once (a lock it
 may not wait for on the loop, a long history to catch up, writes under way)."""
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from chatplane.chats.turn import read as read_module
 from chatplane.chats.turn import sqlite as sqlite_module
 from chatplane.chats.turn.engine import Turns
-from chatplane.db import LoopConnection
+from chatplane.db_sqlite import LoopConnection
 from tests.chat_helpers import make_chat, say
 from tests.conftest import (
     Api,

@@ -6,10 +6,8 @@ the job, the CLI command) commits once, or rolls back on any error.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
-import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,9 +18,8 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, event, select
-from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import MultipleResultsFound, NoResultFound, OperationalError
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -30,28 +27,21 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from chatplane import text
+from chatplane.db_sqlite import NO_TRANSACTION, begin_immediate, engine_in_thread, sqlite_pragmas
 from chatplane.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 T = TypeVar("T")
 # An execution option: SQLite's begin hook then starts no transaction (reads).
-NO_TRANSACTION = "chatplane_no_transaction"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    """A time as chatplane writes it in JSON it builds by hand (webhook bodies,
-    delivery attempts, a turn's answer): ISO 8601 in UTC with ``Z``, the form
-    the response models give every datetime."""
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -111,29 +101,12 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # the database's own (kept in the file)
-        for pragma in _sqlite_pragmas(busy_timeout_ms=30000):
+        for pragma in sqlite_pragmas(busy_timeout_ms=30000):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    event.listen(engine.sync_engine, "begin", _begin_immediate)
+    event.listen(engine.sync_engine, "begin", begin_immediate)
     return engine
-
-
-def _sqlite_pragmas(*, busy_timeout_ms: int) -> tuple[str, ...]:
-    """Each SQLite connection's own settings. Checkpoints (the ones that
-    fsync) run beside the requests, not in the commit that happens to cross
-    the threshold: see checkpoint_loop."""
-    return ("synchronous=NORMAL", "foreign_keys=ON", f"busy_timeout={busy_timeout_ms}", "wal_autocheckpoint=0")
-
-
-def _begin_immediate(conn: Connection) -> None:
-    # A deferred transaction that later writes can fail at once with
-    # SQLITE_BUSY when another process holds the lock; IMMEDIATE takes the
-    # write lock up front and so honours busy_timeout instead. A connection
-    # asked to autocommit (single reads) takes no lock.
-    options = conn.get_execution_options()
-    if options.get("isolation_level") != "AUTOCOMMIT" and not options.get(NO_TRANSACTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # aiosqlite connection -> a sync engine over the very same sqlite3 connection.
@@ -181,7 +154,7 @@ async def run_unit(
         driver = (await conn.get_raw_connection()).driver_connection  # aiosqlite.Connection
         sync_engine = _in_thread_engines.get(driver)
         if sync_engine is None:
-            sync_engine = _in_thread_engines[driver] = _engine_in_thread(driver)
+            sync_engine = _in_thread_engines[driver] = engine_in_thread(driver)
 
         def unit() -> T:
             if write:
@@ -321,94 +294,6 @@ class _Rows(list[Any]):
 
     def scalar(self) -> Any:
         return self[0][0] if self else None
-
-
-class LoopConnection:
-    """SQLite: small units run right on the event loop, on a connection of
-    their own, instead of on aiosqlite's thread.
-
-    A unit there costs two thread switches and waits behind whatever the
-    process's one connection is doing: ~500 us of wall time to read a chat
-    row, ~600 us to write a turn, measured under ``bench/peers.py`` at one
-    chat, against tens of microseconds for the same statements here (a
-    commit does not fsync: WAL with ``synchronous=NORMAL``). The loop is
-    blocked meanwhile, so only for a few rows found by key, and never to
-    wait for a lock: ``run`` raises ``Busy`` at once if SQLite cannot take
-    the one it needs (a write lock another connection holds; for a read in
-    WAL mode only rare ones, such as recovery after a crash), and the caller
-    then does the unit the usual way, on the driver's thread, which waits.
-    A read takes no lock a writer waits for and reads the last committed
-    state (autocommit: no transaction is left open to pin an old snapshot or
-    hold back a checkpoint); a write is ``BEGIN IMMEDIATE`` .. ``COMMIT`` in
-    one call, which nothing else on the loop can interleave with.
-    """
-
-    class Busy(Exception):
-        pass
-
-    def __init__(self, path: str) -> None:
-        def connect() -> sqlite3.Connection:
-            connection = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-            for pragma in _sqlite_pragmas(busy_timeout_ms=0):  # as create_engine's, but never waiting
-                connection.execute(f"PRAGMA {pragma}")
-            return connection
-
-        self.engine = create_sync_engine(
-            "sqlite://", creator=connect, poolclass=StaticPool, pool_reset_on_return=None, json_deserializer=text.loads
-        )
-        event.listen(self.engine, "begin", _begin_immediate)
-
-    def run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
-        try:
-            if write:
-                with self.engine.begin() as conn:
-                    return work(conn)
-            with self.engine.connect() as conn:
-                return work(conn.execution_options(**{NO_TRANSACTION: True}))
-        except OperationalError as exc:
-            code = getattr(exc.orig, "sqlite_errorcode", None)
-            if code is not None and code & 0xFF in _BUSY:  # the primary code, whatever the extended one
-                raise LoopConnection.Busy from exc
-            raise
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _engine_in_thread(driver: Any) -> Engine:
-    """A sync engine whose one connection is aiosqlite's own sqlite3 connection
-    (already set up by ``create_engine``'s connect hook); used only on that
-    connection's thread."""
-    engine = create_sync_engine(
-        "sqlite://", creator=lambda: driver._conn, poolclass=StaticPool, pool_reset_on_return=None,  # noqa: SLF001
-        json_deserializer=text.loads,
-    )
-    event.listen(engine, "begin", _begin_immediate)
-    return engine
-
-
-async def checkpoint_loop(settings: Settings, *, every_s: float = 2.0) -> None:
-    """Fold SQLite's write-ahead log back into the database, off the request path.
-
-    On its own connection in a thread: a PASSIVE checkpoint never blocks
-    writers, and its fsyncs then cost no request any latency.
-    """
-    def checkpoint() -> None:
-        connection = sqlite3.connect(settings.sqlite_path, timeout=30)
-        try:
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            connection.close()
-
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            await asyncio.to_thread(checkpoint)
-        except sqlite3.Error:  # busy or locked: the next round will do
-            pass
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

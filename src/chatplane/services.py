@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from chatplane.auth import PrincipalCache
 from chatplane.chats.locks import TurnLocks
 from chatplane.chats.turn.engine import Turns
-from chatplane.db import checkpoint_loop, create_engine, create_sessionmaker
+from chatplane.db import create_engine, create_sessionmaker
+from chatplane.db_sqlite import checkpoint_loop
 from chatplane.jobs import Worker
 from chatplane.providers import Registry
 from chatplane.settings import Settings

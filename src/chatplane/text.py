@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from datetime import datetime
 from typing import Any
 
 REPLACEMENT = "\ufffd"
@@ -75,3 +76,10 @@ def loads(document: str | bytes) -> Any:
         document = bytes(document).decode("utf-8", "replace")
     value = json.loads(document)
     return clean_json(value) if "\\u" in document or "\x00" in document else value
+
+
+def iso(moment: datetime) -> str:
+    """A time as chatplane writes it in JSON it builds by hand (webhook bodies,
+    delivery attempts, a turn's answer): ISO 8601 in UTC with ``Z``, the form
+    the response models give every datetime."""
+    return moment.isoformat().replace("+00:00", "Z")

@@ -21,7 +21,8 @@ from chatplane.chats import service
 from chatplane.chats.cost import update_cost
 from chatplane.chats.lifecycle import ANALYZE_JOB, agent_config_of, emit
 from chatplane.chats.prompt import transcript
-from chatplane.db import iso, transaction, utcnow
+from chatplane.db import transaction, utcnow
+from chatplane.text import iso
 from chatplane.models import Chat, Llm
 from chatplane.providers import ModelRequest, ProviderError, Registry
 

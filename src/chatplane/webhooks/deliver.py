@@ -42,7 +42,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs, outbound
-from chatplane.db import get_scoped, iso, transaction, utcnow
+from chatplane.db import get_scoped, transaction, utcnow
+from chatplane.text import iso
 from chatplane.errors import NotFound, shown
 from chatplane.models import Chat, ChatAgent, WebhookDelivery, Workspace
 from chatplane.pagination import PageRequest, fetch_page

@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs
-from chatplane.db import iso, utcnow
+from chatplane.db import utcnow
+from chatplane.text import iso
 from chatplane.ids import new_id
 from chatplane.models import Chat, WebhookDelivery
 

@@ -34,7 +34,8 @@ from chatplane.chats.turn.read import HistoryCache, Read, config_times, top_up
 from chatplane.chats.turn.respond import LlmResponder, Responder, TurnInput
 from chatplane.chats.turn.store import TurnStore, open_store
 from chatplane.chats.turn.write import TurnWrite
-from chatplane.db import iso, utcnow
+from chatplane.db import utcnow
+from chatplane.text import iso
 from chatplane.errors import Conflict
 from chatplane.ids import new_id
 from chatplane.models import Chat

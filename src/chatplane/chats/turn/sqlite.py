@@ -3,7 +3,7 @@
 - The lock is a byte-range lock per chat on a file beside the database
   (``locks.TurnLocks``); the read comes after it.
 - A turn in a quiet process (no write out or waiting) reads and writes right
-  on the event loop (``db.LoopConnection``: no thread switches, never a wait
+  on the event loop (``db_sqlite.LoopConnection``: no thread switches, never a wait
   for the database's lock: busy means the usual way); under load it reads on
   the driver's thread, in order with the writes, which go out together in
   one transaction: reading on the loop there too made more turns/s but a
@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chatplane.chats.locks import TurnLocks
 from chatplane.chats.turn.read import History, Read, read_now, read_unit, with_history
 from chatplane.chats.turn.write import TurnWrite, WriteBatcher, write_turn
-from chatplane.db import LoopConnection, run_unit
+from chatplane.db import run_unit
+from chatplane.db_sqlite import LoopConnection
 
 # History rows a turn reads on the event loop at most; a longer rest (a cold
 # cache on a long chat) is read on the driver's thread.
