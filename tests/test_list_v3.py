@@ -20,7 +20,8 @@ from sqlalchemy import update
 from sqlalchemy.dialects import sqlite
 
 from chatplane.chats.filters import id_at
-from chatplane.chats.list_v3 import START_ID_SLACK_MS, ChatFilterCriteria, conditions
+from chatplane.chats.list_v3 import conditions
+from chatplane.chats.list_v3_schemas import START_ID_SLACK_MS, ChatFilterCriteria
 from chatplane.models import Chat
 from chatplane.pagination import encode_cursor
 from tests.chat_helpers import make_agent, make_chat, make_llm
