@@ -54,6 +54,23 @@ def _repair(backend: Backend, *args: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+def test_repair_refuses_a_database_not_at_the_current_schema(tmp_path: Path) -> None:
+    """Repair rewrites the tables as this version knows them: an empty or
+    older database is refused with what to do, nothing written."""
+    env = _env(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "chatplane.cli", "repair"],
+                          check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "no revision" in done.stderr and "chatplane migrate" in done.stderr
+    assert "Traceback" not in done.stderr
+    older = subprocess.run([sys.executable, "-m", "chatplane.cli", "migrate", "0008"],
+                           check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert older.returncode == 0, older.stderr
+    done = subprocess.run([sys.executable, "-m", "chatplane.cli", "repair"],
+                          check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "at 0008, not 0009" in done.stderr, done.stderr
+
+
 def _raw(backend: Backend, sql: str, **params: object) -> list[tuple]:
     async def read(session):  # type: ignore[no-untyped-def]
         return [tuple(row) for row in (await session.execute(text(sql), params)).all()]

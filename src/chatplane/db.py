@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, event, select
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
@@ -341,6 +342,11 @@ def alembic_config(settings: Settings) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["settings"] = settings
     return config
+
+
+def schema_head() -> str:
+    """The schema revision ``migrate`` brings a database to."""
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
 
 
 def migrate(settings: Settings, revision: str = "head") -> None:

@@ -23,19 +23,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    LargeBinary,
-    String,
-    Table,
-    Text,
-    cast,
-    select,
-    tuple_,
-    update,
-)
+from sqlalchemy import JSON, LargeBinary, String, Table, Text, cast, select, tuple_, update
+from sqlalchemy import text as sql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatplane.db import schema_head
+from chatplane.errors import Conflict
 from chatplane.models import Base
 from chatplane.text import bad_text, clean, clean_json
 
@@ -105,8 +99,22 @@ def _columns(table: Table) -> list[tuple[Any, str]]:
     return kinds
 
 
+async def _check_schema(engine: AsyncEngine, head: str) -> None:
+    """Refuse a database whose schema is not the one these tables describe."""
+    try:
+        async with engine.connect() as conn:
+            revision = (await conn.execute(sql("SELECT version_num FROM alembic_version"))).scalar()
+    except DBAPIError:  # no alembic_version table: never migrated
+        revision = None
+    if revision != head:
+        raise Conflict(f"the database's schema is at {revision or 'no revision'}, not {head}: "
+                       "run `chatplane migrate` first")
+
+
 async def repair(engine: AsyncEngine, *, dry_run: bool = False) -> Report:
-    """Scan every text and JSON column of every table; rewrite what is bad."""
+    """Scan every text and JSON column of every table; rewrite what is bad.
+    Only a database migrated to the current schema (``Conflict`` otherwise)."""
+    await _check_schema(engine, schema_head())
     report = Report(dry_run=dry_run)
     sqlite = engine.dialect.name == "sqlite"
     for table in Base.metadata.sorted_tables:
