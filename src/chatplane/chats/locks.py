@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatplane.batching import Batcher
 from chatplane.chats.turn.statements import lock_reads
 from chatplane.db import OwnConnection
 
@@ -84,12 +85,10 @@ class _Release:
     connection: int  # OwnConnection.generation when the lock was taken (-1: not known)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Asked:
     key: int
     read: ChatRead | None
-    future: asyncio.Future[tuple[bool, Any]]
-    retried: bool = False
 
 
 # Migration 0007: lets go of the first array's locks, tries the second's, and
@@ -123,78 +122,67 @@ class _PgAdvisory:
         # The reads chatplane_turn_locks runs under the lock, prepared on this
         # connection from the statements every other read of a turn uses.
         self.conn = OwnConnection(engine, lock_reads())
-        self._releases: list[_Release] = []  # not sent yet
+        # Releases (put: nobody waits) and acquisitions (asked), sent together.
+        self._batches: Batcher[_Release | _Asked, Any] = Batcher(self._batch, unclaimed=self._unclaimed)
         # On which connection (OwnConnection.generation) each lock held now
         # was taken: one taken on a connection since replaced is gone, and is
         # never taken back.
         self._taken_on: dict[int, int] = {}
-        self._asked: list[_Asked] = []
-        self._driver: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     async def try_acquire(self, key: int, read: ChatRead | None = None) -> tuple[bool, Any]:
         taken = self._take_back(key)
         if taken is not None:
             return True, taken
-        future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
-        self._asked.append(_Asked(key, read, future))
-        self._kick()
-        return await future
+        row = await self._batches.ask(_Asked(key, read))
+        return row["got"], row
 
     def _take_back(self, key: int) -> HeldOver | None:
-        for i, release in enumerate(self._releases):
-            if release.key == key:
+        for release in self._batches.waiting():
+            if isinstance(release, _Release) and release.key == key:
                 if (
                     time.monotonic() - release.since >= HOLD_OVER_S
                     or release.connection != self.conn.generation
                     or not self.conn.is_open()
                 ):
                     return None  # the acquisition goes out with the release, as any other
-                del self._releases[i]
+                self._batches.withdraw(lambda one: one is release)
                 self._taken_on[key] = release.connection
                 return HeldOver(release.memo, release.since)
         return None
 
     async def release(self, key: int, chat_id: str, memo: Any = None, since: float = 0.0) -> None:
-        self._releases.append(_Release(key, chat_id, memo, since, self._taken_on.pop(key, -1)))
-        if self._driver is None and self._timer is None:
-            # Wait a moment for a statement to ride along with: a client's
-            # next message on this chat (or any lock asked for meanwhile).
-            self._timer = asyncio.get_running_loop().call_later(self.release_wait_s, self._kick)
+        # Waits a moment for a statement to ride along with: a client's next
+        # message on this chat (or any lock asked for meanwhile).
+        release = _Release(key, chat_id, memo, since, self._taken_on.pop(key, -1))
+        self._batches.put(release, within=self.release_wait_s)
 
-    def _kick(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._driver is None:
-            self._driver = asyncio.create_task(self._drive())
-
-    async def _drive(self) -> None:
+    async def _batch(self, batch: list[_Release | _Asked]) -> list[Any]:
+        releases = [one for one in batch if isinstance(one, _Release)]
+        asked = [one for one in batch if isinstance(one, _Asked)]
         try:
-            while self._releases or self._asked:
-                releases, self._releases = self._releases, []
-                asked, self._asked = self._asked, []
-                try:
-                    rows = await self._send(releases, asked)
-                    connection = self.conn.generation
-                except Exception as exc:  # noqa: BLE001 - handed to every waiting turn
-                    await self._fail(releases, asked, exc)
-                    continue
-                except BaseException:
-                    for one in asked:
-                        one.future.cancel()
-                    raise
-                for one, row in zip(asked, rows, strict=True):
-                    if one.future.done():  # its turn was cancelled meanwhile: nobody holds this lock
-                        if row["got"]:
-                            chat_id = one.read.chat_id if one.read else ""
-                            self._releases.append(_Release(one.key, chat_id, None, 0.0, connection))
-                        continue
-                    if row["got"]:
-                        self._taken_on[one.key] = connection
-                    one.future.set_result((row["got"], row))
-        finally:
-            self._driver = None
+            rows = await self._send(releases, asked)
+        except Exception as exc:  # noqa: BLE001 - logged; the acquisitions are tried once more
+            # A broken connection lost its locks with it: the releases are
+            # moot, and the acquisitions are tried once more on a new connection.
+            await self._reset()
+            for release in releases:
+                logger.warning("letting go of the turn lock of %s failed", release.chat_id, exc_info=exc)
+            rows = await self._send([], asked) if asked else []
+        connection = self.conn.generation
+        found = iter(rows)
+        outcomes: list[Any] = []
+        for one in batch:
+            row = next(found) if isinstance(one, _Asked) else None
+            if row is not None and row["got"]:
+                self._taken_on[one.key] = connection
+            outcomes.append(row)
+        return outcomes
+
+    def _unclaimed(self, one: _Release | _Asked, row: Any) -> None:
+        # Its turn was cancelled while it waited: nobody holds this lock.
+        if isinstance(one, _Asked) and row["got"]:
+            chat_id = one.read.chat_id if one.read else ""
+            self._batches.put(_Release(one.key, chat_id, None, 0.0, self._taken_on.pop(one.key, -1)))
 
     async def _send(self, releases: list[_Release], asked: list[_Asked]) -> list[Any]:
         reads = [one.read for one in asked]
@@ -217,33 +205,15 @@ class _PgAdvisory:
             [read.idempotency_key if read else None for read in reads],
         )
 
-    async def _fail(self, releases: list[_Release], asked: list[_Asked], exc: Exception) -> None:
-        # A broken connection lost its locks with it: the releases are moot,
-        # and the acquisitions are tried once more on a new connection.
-        await self._reset()
-        for release in releases:
-            logger.warning("letting go of the turn lock of %s failed", release.chat_id, exc_info=exc)
-        for one in asked:
-            if one.future.done():
-                continue
-            if one.retried:
-                one.future.set_exception(exc)
-            else:
-                one.retried = True
-                self._asked.append(one)
-
     async def _reset(self) -> None:
         # The connection is closed, not given back to the pool: its session's
         # locks go with it (a statement that failed on a live connection would
         # otherwise leave them held in the pool). So none may be taken back.
-        self._releases = []
+        self._batches.withdraw(lambda one: isinstance(one, _Release))
         await self.conn.discard()
 
     async def settled(self) -> None:
-        if self._releases:
-            self._kick()
-        while self._driver is not None:
-            await asyncio.wait([self._driver])
+        await self._batches.settled()
 
     async def aclose(self) -> None:
         await self.settled()

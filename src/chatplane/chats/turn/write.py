@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +10,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Connection
 
+from chatplane.batching import Batcher
 from chatplane.chats.turn.statements import CHATS, IDEMPOTENCY, MESSAGES
 
 # Turns written in one statement (PostgreSQL) or transaction (SQLite) at most (WriteBatcher).
@@ -66,7 +66,7 @@ Send = Callable[[list["TurnWrite"]], Awaitable[set[str]]]
 
 class WriteBatcher:
     """Turns' writes, sent together by ``send`` (a store's: it answers the ids
-    of the chats it wrote).
+    of the chats it wrote), through a ``batching.Batcher``.
 
     The writes that wait while one is out go as the next one (at most
     ``WRITE_BATCH`` turns): under load a process commits many turns in one
@@ -81,73 +81,34 @@ class WriteBatcher:
 
     def __init__(self, send: Send) -> None:
         self.send = send
-        self._waiting: list[tuple[TurnWrite, asyncio.Future[bool]]] = []
-        self._driver: asyncio.Task[None] | None = None
+        self._batches: Batcher[TurnWrite, bool] = Batcher(self._outcomes, limit=WRITE_BATCH)
 
     async def write(self, turn: TurnWrite) -> bool:
         """Whether the turn was written (False: its chat is gone, or its guard failed)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((turn, future))
-        if self._driver is None:
-            self._driver = asyncio.create_task(self._drive())
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The turn holds its chat's lock until this returns: a write still
-            # queued or on its way must land (or fail) before another turn on
-            # the chat may read it.
-            await asyncio.wait([future])
-            raise
+        # land: the turn holds its chat's lock until this returns, so a write
+        # still queued or on its way must land (or fail) before another turn
+        # on the chat may read it, even if this turn is cancelled.
+        return await self._batches.ask(turn, land=True)
 
-    async def _drive(self) -> None:
+    async def _outcomes(self, turns: list[TurnWrite]) -> list[bool | Exception]:
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[:WRITE_BATCH], self._waiting[WRITE_BATCH:]
-                try:
-                    await self._write(batch)
-                except BaseException as exc:  # every turn of the batch gets an answer, whatever happened
-                    for _, future in batch:
-                        if isinstance(exc, Exception):
-                            _settle(future, error=exc)
-                        else:
-                            future.cancel()
-                    if not isinstance(exc, Exception):
-                        raise
-        finally:
-            self._driver = None
-
-    async def _write(self, batch: list[tuple[TurnWrite, asyncio.Future[bool]]]) -> None:
-        try:
-            written = await self.send([turn for turn, _ in batch])
+            written = await self.send(turns)
         except Exception:
-            if len(batch) == 1:
+            if len(turns) == 1:
                 raise
-            for turn, future in batch:  # alone, so that only a turn at fault fails
-                try:
-                    alone = await self.send([turn])
-                except Exception as error:  # noqa: BLE001 - handed to its turn
-                    _settle(future, error=error)
-                else:
-                    _settle(future, turn.after["b_chat_id"] in alone)
-        else:
-            for turn, future in batch:
-                _settle(future, turn.after["b_chat_id"] in written)
+            return [await self._alone(turn) for turn in turns]  # so that only a turn at fault fails
+        return [turn.after["b_chat_id"] in written for turn in turns]
+
+    async def _alone(self, turn: TurnWrite) -> bool | Exception:
+        try:
+            return turn.after["b_chat_id"] in await self.send([turn])
+        except Exception as error:  # noqa: BLE001 - handed to its turn
+            return error
 
     def idle(self) -> bool:
         """Whether no write is out or waiting."""
-        return self._driver is None
+        return self._batches.idle()
 
     async def aclose(self) -> None:
         """Wait for the writes still going out."""
-        while self._driver is not None:
-            await asyncio.wait([self._driver])
-
-
-def _settle(future: asyncio.Future[bool], written: bool = False, *, error: BaseException | None = None) -> None:
-    if future.done():  # its turn was cancelled while it waited; the write went out (or not) all the same
-        return
-    if error is None:
-        future.set_result(written)
-    else:
-        future.set_exception(error)
-
+        await self._batches.settled()
