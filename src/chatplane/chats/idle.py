@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs
 from chatplane.chats.lifecycle import agent_config_of, finish_chat
+from chatplane.chats.messages import NewMessage, append
 from chatplane.db import transaction, utcnow
-from chatplane.ids import new_id
-from chatplane.models import Chat, ChatAgent, ChatMessage
+from chatplane.models import Chat, ChatAgent
 from chatplane.sms.service import queue_agent_messages
 
 log = logging.getLogger(__name__)
@@ -103,15 +103,8 @@ async def auto_close(context: jobs.JobContext, payload: dict[str, Any]) -> None:
             config = await agent_config_of(session, chat)
             message = (config.get("auto_close_message") or "").strip()
             if message:
-                closing = ChatMessage(
-                    id=new_id("msg"), chat_id=chat.id, seq=chat.message_count, role="assistant",
-                    content=message, prompt_tokens=0, completion_tokens=0, created_at=utcnow(),
-                )
-                session.add(closing)
-                chat.message_count += 1
-                chat.last_agent_message_at = utcnow()
-                await session.flush()
+                closing = await append(session, chat, [NewMessage("assistant", message, utcnow())])
                 if chat.type == "sms_chat":  # the user of an SMS chat reads it as a text
-                    await queue_agent_messages(session, chat=chat, messages=[closing])
+                    await queue_agent_messages(session, chat=chat, messages=closing)
             await finish_chat(session, chat=chat, reason="inactivity", registry=services.registry)
         services.turns.forget(chat_id)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chatplane import jobs
 from chatplane.chats import service
 from chatplane.chats.cost import update_cost
+from chatplane.chats.messages import NewMessage, append
 from chatplane.chats.prompt import render
 from chatplane.db import utcnow
 from chatplane.ids import new_id
@@ -85,7 +86,7 @@ async def create_chat(
         agent_number=agent_number,
     )
     session.add(chat)
-    messages: list[ChatMessage] = []
+    await session.flush()
     versions = service.Versions(agent=agent.config, llm=llm.config)
     begin = render(
         llm.config.get("begin_message"),
@@ -93,18 +94,7 @@ async def create_chat(
         now=now,
         timezone=agent.config["timezone"],
     )
-    if begin.strip():
-        messages.append(
-            ChatMessage(
-                id=new_id("msg"), chat_id=chat.id, seq=0, role="assistant", content=begin,
-                prompt_tokens=0, completion_tokens=0, created_at=now,
-            )
-        )
-        chat.message_count = 1
-        chat.last_agent_message_at = now
-    await session.flush()
-    session.add_all(messages)
-    await session.flush()
+    messages = await append(session, chat, [NewMessage("assistant", begin, now)]) if begin.strip() else []
     await emit(session, chat, "chat_started", agent.config)
     return chat, messages
 

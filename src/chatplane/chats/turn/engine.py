@@ -29,18 +29,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from chatplane import jobs
 from chatplane.chats import lifecycle, tools
 from chatplane.chats.locks import TurnLocks
+from chatplane.chats.messages import NewMessage, message_rows
 from chatplane.chats.service import Versions, chat_ended, chat_not_found
 from chatplane.chats.turn.read import HistoryCache, Read, config_times, top_up
 from chatplane.chats.turn.respond import LlmResponder, Responder, TurnInput
 from chatplane.chats.turn.store import TurnStore, open_store
 from chatplane.chats.turn.write import TurnWrite
 from chatplane.db import utcnow
-from chatplane.text import iso
 from chatplane.errors import Conflict
-from chatplane.ids import new_id
 from chatplane.models import Chat
 from chatplane.providers import OnDelta, Registry
 from chatplane.providers.base import Message
+from chatplane.text import iso
 from chatplane.webhooks.events import wants
 
 END_REASON = "end_chat_tool"
@@ -195,25 +195,16 @@ class Turns:
             TurnInput(row, versions, history.messages, asked, effects, started), on_delta, confirm
         )
 
-        seq = row.message_count
-        user = {
-            "id": new_id("msg"), "chat_id": chat_id, "seq": seq, "role": "user", "content": content,
-            "name": None, "tool_calls": None, "model": None, "prompt_tokens": 0,
-            "completion_tokens": 0, "created_at": started,
-        }
         model = row.llm_config["model"]
-        agents = [
-            {
-                "id": new_id("msg"), "chat_id": chat_id, "seq": seq + 1 + i, "role": "assistant",
-                "content": r.reply.content, "name": None, "tool_calls": r.tool_calls, "model": model,
-                "prompt_tokens": r.reply.prompt_tokens, "completion_tokens": r.reply.completion_tokens,
-                "created_at": r.at,
-            }
-            for i, r in enumerate(replies)
-        ]
-        now = agents[-1]["created_at"]
+        rows, counters = message_rows(chat_id, row.message_count, [
+            NewMessage("user", content, started),
+            *(NewMessage("assistant", r.reply.content, r.at, r.tool_calls, model, r.reply.prompt_tokens,
+                         r.reply.completion_tokens) for r in replies),
+        ])
+        agents = rows[1:]
+        now = counters.last_agent_message_at
         body = {"messages": [_message_json(agent) for agent in agents]}
-        after = {"b_chat_id": chat_id, "b_count": seq + 1 + len(agents), "b_user_at": started, "b_agent_at": now}
+        after = {"b_chat_id": chat_id, "b_count": counters.message_count, "b_user_at": started, "b_agent_at": now}
         tool_changes = {"b_state": effects.state, "b_collected": effects.collected} if effects.changed else None
         idempotent = (
             {"chat_id": chat_id, "key": idempotency_key, "request_hash": request_hash,
@@ -221,7 +212,7 @@ class Turns:
             if idempotency_key else None
         )
 
-        turn = TurnWrite([user, *agents], after, tool_changes, idempotent)
+        turn = TurnWrite(rows, after, tool_changes, idempotent)
         updated = ending = None
         if effects.end_chat or wants(row.agent_config, "transcript_updated"):
             await confirm()
