@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, event, select
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -33,7 +32,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from chatplane import text
-from chatplane.db_sqlite import NO_TRANSACTION, begin_immediate, engine_in_thread, sqlite_pragmas
+from chatplane.db_sqlite import PooledConnection, begin_immediate
 from chatplane.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -78,14 +77,16 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         )
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = str(settings.sqlite_path)
     # One connection per process: several pooled SQLite connections in one
     # process busy-wait on each other's write locks (p99 near 1 s measured).
+    # Opened (with its settings) by PooledConnection, for run_unit.
     engine = create_async_engine(
         url,
+        async_creator=lambda: PooledConnection.open(path),
         pool_size=1,
         max_overflow=0,
         pool_timeout=60,
-        connect_args={"timeout": 30},
         # Every use of a connection ends its own transaction (context
         # managers commit or roll back), so the pool's extra ROLLBACK on
         # check-in is a wasted round trip to the driver thread.
@@ -94,24 +95,8 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         # stored before the edge refused them): see chatplane.text.
         json_deserializer=text.loads,
     )
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-        # Take over transaction control from the driver so BEGIN IMMEDIATE
-        # below is what starts every transaction.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # the database's own (kept in the file)
-        for pragma in sqlite_pragmas(busy_timeout_ms=30000):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
     event.listen(engine.sync_engine, "begin", begin_immediate)
     return engine
-
-
-# aiosqlite connection -> a sync engine over the very same sqlite3 connection.
-_in_thread_engines: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
 
 
 async def run_unit(
@@ -124,11 +109,9 @@ async def run_unit(
     server runs atomically by itself, so a write goes out in autocommit: no
     BEGIN and COMMIT round trips.
 
-    On SQLite the whole unit runs in one go on aiosqlite's own thread, with
-    a sync engine over the same sqlite3 connection: statement by statement,
-    aiosqlite crosses threads three or four times each (~300 us of wall time
-    per statement measured here, most of a chat turn's overhead). The pooled
-    connection is held meanwhile, so nothing else uses it. On PostgreSQL a
+    On SQLite the whole unit runs in one go on the pooled connection's own
+    thread (``PooledConnection.run``), not statement by statement through
+    aiosqlite. On PostgreSQL a
     write of several statements is ``AsyncConnection.run_sync`` in a
     transaction; a read, or a write of one statement, gets a connection that
     sends its statements straight to asyncpg outside any transaction
@@ -152,19 +135,8 @@ async def run_unit(
                 raise
 
     async with engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection  # aiosqlite.Connection
-        sync_engine = _in_thread_engines.get(driver)
-        if sync_engine is None:
-            sync_engine = _in_thread_engines[driver] = engine_in_thread(driver)
-
-        def unit() -> T:
-            if write:
-                with sync_engine.begin() as sync_conn:
-                    return work(sync_conn)
-            with sync_engine.connect() as sync_conn:
-                return work(sync_conn.execution_options(**{NO_TRANSACTION: True}))
-
-        return await driver._execute(unit)  # noqa: SLF001 - aiosqlite's run-in-my-thread
+        pooled: PooledConnection = (await conn.get_raw_connection()).driver_connection
+        return await pooled.run(work, write=write)
 
 
 class _Asyncpg:
