@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy import create_engine as create_sync_engine
@@ -100,6 +101,48 @@ class LoopConnection:
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+class UnitThread:
+    """A thread that runs the functions handed to it one at a time, in order.
+
+    A ``ThreadPoolExecutor`` of one does the same with more around each call:
+    a unit on the pool's connection cost ~10 % more wall time through one
+    (``/tmp``-style micro-benchmark in the issue 14 note: 502 -> 557 us a
+    unit at 16 at once), this is aiosqlite's own way, with public parts.
+    """
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="chatplane-sqlite-unit", daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((future, fn))
+        return await future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _serve(self) -> None:
+        while (job := self._queue.get()) is not None:
+            future, fn = job
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # its caller was cancelled; the unit ran all the same
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class PooledConnection(aiosqlite.Connection):
     """The pool's connection (one per process): aiosqlite, as SQLAlchemy's
     dialect wants it, over a sqlite3 connection opened here, so that
@@ -120,7 +163,7 @@ class PooledConnection(aiosqlite.Connection):
         self.database_path = path
         self.sqlite_connection: sqlite3.Connection | None = None
         super().__init__(self._open_sqlite, iter_chunk_size=64)  # opened on aiosqlite's thread
-        self.unit_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatplane-sqlite-unit")
+        self.unit_thread = UnitThread()
         self.unit_engine = create_sync_engine(
             "sqlite://", creator=lambda: self.sqlite_connection, poolclass=StaticPool, pool_reset_on_return=None,
             json_deserializer=text.loads,
@@ -151,13 +194,13 @@ class PooledConnection(aiosqlite.Connection):
             with self.unit_engine.connect() as conn:
                 return work(conn.execution_options(**{NO_TRANSACTION: True}))
 
-        return await asyncio.get_running_loop().run_in_executor(self.unit_thread, unit)
+        return await self.unit_thread.run(unit)
 
     async def close(self) -> None:
         try:
             await super().close()
         finally:
-            self.unit_thread.shutdown(wait=False)
+            self.unit_thread.stop()
             self.unit_engine.dispose()
 
 
