@@ -42,7 +42,7 @@ def _with_locks(kind: str, tmp_path: Path, scenario: Callable[[TurnLocks], Await
         try:
             await scenario(locks)
             await locks.settled()
-            assert locks._local == {}
+            assert locks.busy_chats() == []
         finally:
             await locks.aclose()
             await engine.dispose()
@@ -73,20 +73,20 @@ def _in_processes(settings, count: int, scenario) -> None:  # type: ignore[no-un
 async def _seen_closed(locks: TurnLocks) -> None:
     """Until the process has seen its lock connection closed by the server."""
     async with asyncio.timeout(5):
-        while locks._shared.conn.is_open():
+        while locks.shared.conn.is_open():
             await asyncio.sleep(0.01)
 
 
 def _statements(locks: TurnLocks) -> list[tuple[int, int]]:
     """(releases, acquisitions) of each lock statement ``locks`` sends from now on."""
     sent: list[tuple[int, int]] = []
-    send = locks._shared._send
+    send = locks.shared.round_trip
 
     async def counting(releases, asked):  # type: ignore[no-untyped-def]
         sent.append((len(releases), len(asked)))
         return await send(releases, asked)
 
-    locks._shared._send = counting
+    locks.shared.round_trip = counting
     return sent
 
 
@@ -160,7 +160,7 @@ def test_the_advisory_lock_is_let_go_after_the_turn_without_holding_up_the_next(
         async with locks.hold("chat_d"):
             await locks.settled()
             assert await _held_by_anyone(engines[0], "chat_d") == 1
-            got, _ = await asyncio.wait_for(other._shared.try_acquire(lock_key("chat_d")), 5)
+            got, _ = await asyncio.wait_for(other.shared.try_acquire(lock_key("chat_d")), 5)
             assert not got  # another process does not get it meanwhile
         await locks.settled()
         assert await _held_by_anyone(engines[0], "chat_d") == 0
@@ -202,7 +202,7 @@ def test_a_lost_lock_connection_is_logged_and_the_chat_stays_usable(  # type: ig
         (engine,), (locks,) = engines, both
         sent = _statements(locks)
         async with locks.hold("chat_e"):
-            raw = locks._shared.conn.raw
+            raw = locks.shared.conn.raw
             pid = await raw.fetchval("SELECT pg_backend_pid()")
             if not noticed:  # the process reads nothing from the dead connection until it sends
                 raw._transport.pause_reading()
@@ -221,11 +221,11 @@ def test_a_lost_lock_connection_is_logged_and_the_chat_stays_usable(  # type: ig
         await settling
         assert sent[1:] == [(1, 0)]
         if noticed:  # a new connection, the release not on it
-            assert locks._shared.conn.generation == 2 and locks._shared.conn.is_open()
+            assert locks.shared.conn.generation == 2 and locks.shared.conn.is_open()
             assert "its connection was lost" in caplog.text
         else:  # the statement failed: the connection closed for good, a new one on next use
-            assert locks._shared.conn.raw is None
-        assert locks._local == {}
+            assert locks.shared.conn.raw is None
+        assert locks.busy_chats() == []
         async with asyncio.timeout(5), locks.hold("chat_e"):  # a new connection, the lock free
             pass
 
@@ -240,9 +240,9 @@ def test_a_lock_taken_on_a_replaced_connection_is_not_taken_back(pg_settings) ->
     old connection, so the next turn on the chat asks for it again."""
     async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
         (engine,), (locks,) = engines, both
-        locks._shared.release_wait_s = 0.5
+        locks.shared.release_wait_s = 0.5
         async with locks.hold("chat_m"):
-            pid = await locks._shared.conn.raw.fetchval("SELECT pg_backend_pid()")
+            pid = await locks.shared.conn.raw.fetchval("SELECT pg_backend_pid()")
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
             await _seen_closed(locks)
@@ -290,7 +290,7 @@ def test_the_next_turn_on_a_chat_takes_its_lock_back_without_a_round_trip(pg_set
     next lock asked for, or alone after its wait."""
     async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
         (engine,), (locks,) = engines, both
-        locks._shared.release_wait_s = 1.0  # long against the client's pause below, on any machine
+        locks.shared.release_wait_s = 1.0  # long against the client's pause below, on any machine
         monkeypatch.setattr(locks_module, "HOLD_OVER_S", 60.0)  # so is the bound on taking back
         sent = _statements(locks)
         found_by_turn = []
@@ -331,10 +331,10 @@ def test_the_next_turn_on_a_chat_takes_its_lock_back_without_a_round_trip(pg_set
 def test_a_lock_lost_with_its_connection_is_not_taken_back(pg_settings) -> None:  # type: ignore[no-untyped-def]
     async def scenario(engines, both) -> None:  # type: ignore[no-untyped-def]
         (engine,), (locks,) = engines, both
-        locks._shared.release_wait_s = 0.5
+        locks.shared.release_wait_s = 0.5
         async with locks.hold("chat_i"):
             locks.keep("chat_i", "stale")
-            pid = await locks._shared.conn.raw.fetchval("SELECT pg_backend_pid()")
+            pid = await locks.shared.conn.raw.fetchval("SELECT pg_backend_pid()")
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
         await _seen_closed(locks)

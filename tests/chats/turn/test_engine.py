@@ -76,21 +76,21 @@ def test_a_chat_updated_between_two_turns_is_seen_by_the_next(api: Api, model: S
 def test_consecutive_turns_take_the_lock_back_without_a_round_trip(
     api: Api, model: ScriptedModel, held_over: bool, backend: Backend
 ) -> None:
-    shared = backend.server.app.state.turns.locks._shared
+    shared = backend.server.app.state.turns.locks.shared
     chat_id = make_chat(api)["chatId"]
     sent: list[tuple[int, int]] = []
-    send = shared._send
+    send = shared.round_trip
 
     async def counting(releases, asked):  # type: ignore[no-untyped-def]
         sent.append((len(releases), len(asked)))
         return await send(releases, asked)
 
-    shared._send = counting
+    shared.round_trip = counting
     try:
         for n in range(5):
             assert say(api, chat_id, f"message {n}").status_code == 201
     finally:
-        del shared._send
+        del shared.round_trip
     # One lock asked for: the first turn's (an earlier test's release may ride
     # along with it); the next four took it back.
     assert [asked for _, asked in sent] == [1]

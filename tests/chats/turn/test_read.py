@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chatplane.chats.turn.engine import Turns
 from chatplane.chats.turn import read as read_module
+from chatplane.chats.turn.engine import Turns
 from chatplane.chats.turn.read import History, HistoryCache
 from tests.chat_helpers import make_chat, say
 from tests.conftest import Api, ScriptedModel

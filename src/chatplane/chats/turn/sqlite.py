@@ -15,9 +15,11 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatplane.chats.locks import TurnLocks
+from chatplane.chats.service import chat_not_found
 from chatplane.chats.turn.read import History, Read, read_now, read_unit, with_history
 from chatplane.chats.turn.write import TurnWrite, WriteBatcher, write_turn
 from chatplane.db import run_unit
@@ -57,23 +59,24 @@ class SqliteStore:
             # Nothing else writing in this process: right here, unless
             # another process holds the write lock.
             try:
-                self.on_loop.run(lambda conn: write_turn(conn, turn), write=True)
+                return self.on_loop.run(lambda conn: write_turn(conn, turn), write=True)
             except LoopConnection.Busy:
                 pass
-            else:
-                return True
         return await self.writes.write(turn)
 
     async def write_in(self, conn: AsyncConnection, turn: TurnWrite) -> None:
-        await conn.run_sync(lambda sync_conn: write_turn(sync_conn, turn))
+        if not await conn.run_sync(lambda sync_conn: write_turn(sync_conn, turn)):
+            raise chat_not_found(turn.after["b_chat_id"])  # gone (deleted with its workspace)
 
     def keep(self, chat_id: str, row: Any, **changed: Any) -> None:
         """Nothing to keep: a SQLite turn always reads the chat."""
 
     async def _send(self, turns: list[TurnWrite]) -> set[str]:
-        # One transaction; a chat gone fails it (its messages' foreign key).
-        await run_unit(self.engine, lambda conn: [write_turn(conn, turn) for turn in turns], write=True)
-        return {turn.after["b_chat_id"] for turn in turns}
+        # One transaction; a turn whose chat is gone writes nothing.
+        def written(conn: Connection) -> set[str]:
+            return {turn.after["b_chat_id"] for turn in turns if write_turn(conn, turn)}
+
+        return await run_unit(self.engine, written, write=True)
 
     async def aclose(self) -> None:
         await self.writes.aclose()

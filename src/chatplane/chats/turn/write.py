@@ -50,15 +50,19 @@ class TurnWrite:
     guard: tuple[datetime, datetime] | None = None
 
 
-def write_turn(conn: Connection, turn: TurnWrite) -> None:
-    """One turn's writes as separate statements (SQLite; inside the caller's transaction)."""
-    conn.execute(INSERT_MESSAGES, turn.messages)
+def write_turn(conn: Connection, turn: TurnWrite) -> bool:
+    """One turn's writes as separate statements (SQLite; inside the caller's
+    transaction); False, and nothing written, if its chat is gone."""
     if turn.tool_changes is not None:
-        conn.execute(UPDATE_AFTER_TOOLS, {**turn.after, **turn.tool_changes})
+        updated = conn.execute(UPDATE_AFTER_TOOLS, {**turn.after, **turn.tool_changes})
     else:
-        conn.execute(UPDATE_AFTER_TURN, turn.after)
+        updated = conn.execute(UPDATE_AFTER_TURN, turn.after)
+    if updated.rowcount == 0:  # deleted meanwhile (with its workspace)
+        return False
+    conn.execute(INSERT_MESSAGES, turn.messages)
     if turn.idempotent is not None:
         conn.execute(INSERT_IDEMPOTENT, turn.idempotent)
+    return True
 
 
 Send = Callable[[list["TurnWrite"]], Awaitable[set[str]]]
