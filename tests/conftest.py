@@ -155,7 +155,7 @@ def hold_locks_over(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> No
     """PostgreSQL: ``server`` lets go of a chat's turn lock a second after a
     turn (not 2 ms), and a turn on the chat meanwhile takes it back with what
     the last turn left (``locks.HeldOver``), however slow the machine."""
-    shared = server.app.state.turns.locks._shared
+    shared = server.app.state.turns.locks.shared
     if hasattr(shared, "release_wait_s"):
         monkeypatch.setattr(shared, "release_wait_s", 1.0)
         monkeypatch.setattr(locks_module, "HOLD_OVER_S", 60.0)

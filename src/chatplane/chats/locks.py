@@ -7,7 +7,7 @@ queue ever touches the cross-process layer. Across processes:
 - PostgreSQL: a session-level advisory lock per chat, taken with
   ``pg_try_advisory_lock`` on one dedicated connection per process, in the
   same round trip that reads the chat under it (``chatplane_turn_locks``,
-  batched: see ``_PgAdvisory``). Nothing waits on the database (no
+  batched: see ``AdvisoryLocks``). Nothing waits on the database (no
   connection is held per waiting request); if the process dies, its
   connection closes and its locks go with it.
 - SQLite: a POSIX byte-range lock per chat on a lock file beside the
@@ -96,7 +96,7 @@ class _Asked:
 _TURN_LOCKS = "SELECT got, chat, earlier FROM chatplane_turn_locks($1, $2, $3, $4, $5)"
 
 
-class _PgAdvisory:
+class AdvisoryLocks:
     """Session-level advisory locks on one connection of the process's own,
     asked for in batches: whatever releases and acquisitions are waiting when
     the connection is free go out as one statement (``chatplane_turn_locks``),
@@ -160,14 +160,14 @@ class _PgAdvisory:
         releases = [one for one in batch if isinstance(one, _Release)]
         asked = [one for one in batch if isinstance(one, _Asked)]
         try:
-            rows = await self._send(releases, asked)
+            rows = await self.round_trip(releases, asked)
         except Exception as exc:  # noqa: BLE001 - logged; the acquisitions are tried once more
             # A broken connection lost its locks with it: the releases are
             # moot, and the acquisitions are tried once more on a new connection.
             await self._reset()
             for release in releases:
                 logger.warning("letting go of the turn lock of %s failed", release.chat_id, exc_info=exc)
-            rows = await self._send([], asked) if asked else []
+            rows = await self.round_trip([], asked) if asked else []
         connection = self.conn.generation
         found = iter(rows)
         outcomes: list[Any] = []
@@ -184,7 +184,8 @@ class _PgAdvisory:
             chat_id = one.read.chat_id if one.read else ""
             self._batches.put(_Release(one.key, chat_id, None, 0.0, self._taken_on.pop(one.key, -1)))
 
-    async def _send(self, releases: list[_Release], asked: list[_Asked]) -> list[Any]:
+    async def round_trip(self, releases: list[_Release], asked: list[_Asked]) -> list[Any]:
+        """One statement: let go of ``releases``, try ``asked`` (and read their chats)."""
         reads = [one.read for one in asked]
         driver = await self.conn.driver()  # a new connection if the last one was seen closed
         # A lock taken on a connection since replaced died with it: there is
@@ -220,7 +221,7 @@ class _PgAdvisory:
         await self._reset()
 
 
-class _FileLocks:
+class FileLocks:
     reads_with_lock = False  # a system call; the turn reads after it
 
     def __init__(self, path: Path) -> None:
@@ -248,12 +249,13 @@ class TurnLocks:
     def __init__(self, engine: AsyncEngine, *, lock_file: Path | None) -> None:
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
         self._memos: dict[str, Any] = {}  # chat id -> what its holder leaves to the next (keep)
-        self._shared = _FileLocks(lock_file) if lock_file else _PgAdvisory(engine)
+        # The cross-process layer: PostgreSQL's advisory locks or a lock file.
+        self.shared: AdvisoryLocks | FileLocks = FileLocks(lock_file) if lock_file else AdvisoryLocks(engine)
 
     @property
     def reads_with_lock(self) -> bool:
         """Whether ``hold(chat_id, read)`` reads the chat in the lock's round trip."""
-        return self._shared.reads_with_lock
+        return self.shared.reads_with_lock
 
     @asynccontextmanager
     async def hold(self, chat_id: str, read: ChatRead | None = None) -> AsyncIterator[Any]:
@@ -273,7 +275,7 @@ class TurnLocks:
             key = lock_key(chat_id)
             wait = 0.001
             while True:
-                got, found = await self._shared.try_acquire(key, read)
+                got, found = await self.shared.try_acquire(key, read)
                 if got:
                     break
                 await asyncio.sleep(wait)
@@ -287,9 +289,13 @@ class TurnLocks:
         finally:
             try:
                 # PostgreSQL: queued, sent after the answer has gone out.
-                await self._shared.release(key, chat_id, self._memos.pop(chat_id, None), since)
+                await self.shared.release(key, chat_id, self._memos.pop(chat_id, None), since)
             finally:
                 self._let_go(chat_id, lock)
+
+    def busy_chats(self) -> list[str]:
+        """The chats with a turn holding or waiting for their lock in this process."""
+        return list(self._local)
 
     def keep(self, chat_id: str, memo: Any) -> None:
         """Leave ``memo`` to the next holder of the chat's lock if it takes the
@@ -310,8 +316,8 @@ class TurnLocks:
 
     async def settled(self) -> None:
         """Wait for the releases still going out."""
-        await self._shared.settled()
+        await self.shared.settled()
 
     async def aclose(self) -> None:
         await self.settled()
-        await self._shared.aclose()
+        await self.shared.aclose()
