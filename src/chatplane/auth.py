@@ -17,7 +17,7 @@ from fastapi import Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from chatplane.db import utcnow
+from chatplane.db import transaction, utcnow
 from chatplane.errors import NotFound, Unauthorized, shown
 from chatplane.models import ApiKey, ApiKeyWorkspace, Workspace
 
@@ -155,13 +155,8 @@ async def get_session(request: Request):  # type: ignore[no-untyped-def]
     Used with ``scope="function"`` so the commit happens before the response
     is sent: a client never sees a 2xx for work that was not kept.
     """
-    async with request.app.state.sessions() as session:
-        try:
-            yield session
-            await session.commit()  # wakes this process's workers if it queued jobs (jobs.committed)
-        except BaseException:
-            await session.rollback()
-            raise
+    async with transaction(request.app.state.sessions) as session:
+        yield session
 
 
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

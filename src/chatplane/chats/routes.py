@@ -143,10 +143,9 @@ async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principa
     workspace_id = principal.require(body.workspace_id)
     turns: Turns = request.app.state.turns
     async with turns.locks.hold(chat_id):
-        async with request.app.state.sessions() as session:
+        async with transaction(request.app.state.sessions) as session:
             chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id, for_update=True)
             await lifecycle.finish_chat(session, chat=chat, reason="api", registry=request.app.state.services.registry)
-            await session.commit()
         turns.forget(chat_id)  # no more turns: its history need not stay cached
     return Response(status_code=204)
 
@@ -172,9 +171,8 @@ async def rerun_analysis(chat_id: str, body: WorkspaceBody, request: Request, pr
 async def delete_chat(chat_id: str, request: Request, workspace_id: QueryWorkspace) -> Response:
     turns: Turns = request.app.state.turns
     async with turns.locks.hold(chat_id):
-        async with request.app.state.sessions() as session:
+        async with transaction(request.app.state.sessions) as session:
             await service.delete_chat(session, workspace_id=workspace_id, chat_id=chat_id)
-            await session.commit()
         turns.forget(chat_id)
     return Response(status_code=204)
 
