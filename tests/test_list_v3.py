@@ -629,7 +629,6 @@ def test_auth_and_workspace(api: Api, other: Api) -> None:
 
 
 BAD_BODIES: list[tuple[Any, str]] = [
-    ({"workspaceId": None}, "workspaceId"),
     ({"workspaceId": "1"}, "workspaceId"),
     ({"limit": 0}, "limit"),
     ({"limit": 1001}, "limit"),
@@ -637,7 +636,7 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"limit": 5.5}, "limit"),
     ({"sort_order": "newest"}, "sort_order"),
     ({"include_total": "yes"}, "include_total"),
-    ({"skip": 10}, "skip"),
+    ({"skip": -1}, "skip"),
     ({"filter_criteria": []}, "filter_criteria"),
     ({"filter_criteria": {"duration_ms": {"op": "gt", "value": 1}}}, "filter_criteria.duration_ms"),
     ({"filter_criteria": {"agent": []}}, "filter_criteria.agent"),
@@ -758,7 +757,7 @@ def test_the_largest_filter_allowed_runs(api: Api) -> None:
 
 def test_bodies_that_are_not_objects_are_422(api: Api) -> None:
     headers = {"content-type": "application/json"}
-    for junk in (b"{", b"[]", b'"text"', b"null", b"{}", b'{"workspaceId": 1, "limit": NaN}'):
+    for junk in (b"{", b"[]", b'"text"', b"null", b'{"workspaceId": 1, "limit": NaN}'):
         assert_error(api.http.post(V3, content=junk, headers=headers), 422, "validation_error")
     nan = api.http.post(V3, content=f'{{"workspaceId": {api.ws}, "filter_criteria": {{"combined_cost": '
                         '{"op": "gt", "value": NaN}}}'.encode(), headers=headers)
@@ -775,7 +774,7 @@ def test_oversized_body_is_413(api: Api) -> None:
 def test_openapi_documents_the_route_and_its_filter_shapes(api: Api) -> None:
     spec = httpx.get(f"{api.backend.url}/openapi.json").json()
     operation = spec["paths"]["/v3/list-chats"]["post"]
-    assert operation["tags"] == ["Chats"]
+    assert "Chats" in operation["tags"]
     schemas = spec["components"]["schemas"]
     criteria = schemas["ChatFilterCriteria"]["properties"]
     assert set(criteria) == {

@@ -10,11 +10,11 @@ from fastapi import FastAPI
 from chatplane import __version__
 from chatplane.agents.routes import router as agents_router
 from chatplane.chats.fast import CompletionFastPath
-from chatplane.chats.list_v3 import router as list_chats_v3_router
 from chatplane.chats.routes import router as chats_router
 from chatplane.errors import install_error_handlers
 from chatplane.limits import InputGuard
 from chatplane.llms.routes import router as llms_router
+from chatplane import retell
 from chatplane.services import start, stop
 from chatplane.settings import Settings
 from chatplane.sms.routes import chats_router as sms_chats_router
@@ -62,8 +62,7 @@ def create_app(settings: Settings | None = None, *, fast_completions: bool = Tru
     app.state.settings = settings
     install_error_handlers(app)
     for router in (workspaces_router, webhook_key_router, llms_router, agents_router, chats_router,
-                   list_chats_v3_router, webhooks_router, phone_numbers_router, sms_chats_router,
-                   twilio_webhook_router):
+                   webhooks_router, phone_numbers_router, sms_chats_router, twilio_webhook_router, *retell.ROUTERS):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

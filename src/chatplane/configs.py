@@ -7,6 +7,7 @@ Exactly one row per id carries ``is_latest``. Delete is soft.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import select, update
@@ -81,10 +82,11 @@ async def get(
 
 
 async def list_latest(
-    session: AsyncSession, model: type[M], *, workspace_id: int, page: PageRequest
+    session: AsyncSession, model: type[M], *, workspace_id: int, page: PageRequest, where: Sequence[Any] = ()
 ) -> tuple[list[M], str | None]:
+    """One page of the latest versions (and of those matching ``where``)."""
     query = select(model).where(
-        model.workspace_id == workspace_id, model.is_latest, model.deleted_at.is_(None)
+        model.workspace_id == workspace_id, model.is_latest, model.deleted_at.is_(None), *where
     )
     return await fetch_page(session, query, model.id, page)
 

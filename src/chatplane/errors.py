@@ -192,6 +192,8 @@ class ErrorResponse(BaseModel):
 
 
 _ERROR_DESCRIPTIONS = {
+    400: "The API key may use several workspaces and the call names none (`workspace_required`): "
+         "name one in the `X-Chatplane-Workspace` header.",
     401: "No API key, or one that is invalid or revoked (`unauthorized`).",
     404: "The workspace is not one of this key's (`workspace_not_found`), or the resource is not in it.",
     409: "The resource is not in a state that allows this; `code` says why.",

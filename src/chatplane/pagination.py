@@ -43,17 +43,17 @@ def encode_cursor(last_id: str, order: SortOrder) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(key: str, order: SortOrder) -> str:
+def decode_cursor(key: str, order: SortOrder, *, field: str = "paginationKey") -> str:
     try:
         raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
         data = json.loads(raw)
         last_id, key_order = data["a"], data["o"]
     except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidInput("not a pagination key this server issued", field="paginationKey") from None
+        raise InvalidInput("not a pagination key this server issued", field=field) from None
     if not isinstance(last_id, str) or bad_text(last_id) or len(last_id) > 64:
-        raise InvalidInput("not a pagination key this server issued", field="paginationKey")
+        raise InvalidInput("not a pagination key this server issued", field=field)
     if key_order != order[0]:
-        raise InvalidInput("pagination key was issued for another sort order", field="paginationKey")
+        raise InvalidInput("pagination key was issued for another sort order", field=field)
     return last_id
 
 

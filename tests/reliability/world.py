@@ -23,6 +23,7 @@ import schemathesis
 from hypothesis import strategies as st
 
 from chatplane.app import create_app
+from chatplane.retell.common import WORKSPACE_HEADER
 from chatplane.settings import JobSettings, Settings
 from chatplane.testing import ScriptedModel
 from tests.conftest import SCRIPTED, Api, Backend, scripted_providers, served, tenant
@@ -118,6 +119,13 @@ def build_world(backend: Backend, api: Api) -> World:
                 "phone_number": [number(f"+1555000200{i}", hooked) for i in range(3)],
             },
             "POST /api/chats/sms": {"phone_number": [number("+15550003000", texter)], "agent_id": [texter]},
+            # The Retell routes: the same resources under Retell's names.
+            "DELETE /delete-retell-llm/{llm_id}": {"llm_id": [main, *(llm() for _ in range(4))]},
+            "DELETE /delete-chat-agent/{agent_id}": {"agent_id": [agent(main) for _ in range(4)]},
+            "DELETE /delete-chat/{chat_id}": {"chat_id": chats(hooked, 8)},
+            "PATCH /end-chat/{chat_id}": {"chat_id": chats(hooked, 8)},
+            "PUT /rerun-chat-analysis/{chat_id}": {"chat_id": ended},
+            "POST /create-chat-completion": {"chat_id": ongoing},
         },
     )
 
@@ -154,7 +162,8 @@ def aim_at_real_things(schema: schemathesis.BaseSchema, world: World) -> None:
     def flatmap_body(context, body):  # type: ignore[no-untyped-def]
         if not isinstance(body, dict):
             return st.just(body)
-        names = {"agent_id": "agent_id", "override_agent_id": "agent_id", "from_number": "phone_number"}
+        names = {"agent_id": "agent_id", "override_agent_id": "agent_id", "from_number": "phone_number",
+                 "chat_id": "chat_id"}
         strategy = aimed(context, body, names)
         engine = body.get("response_engine")
         if isinstance(engine, dict) and "llm_id" in engine:
@@ -166,6 +175,8 @@ def aim_at_real_things(schema: schemathesis.BaseSchema, world: World) -> None:
 
     @schema.hook
     def flatmap_headers(context, headers):  # type: ignore[no-untyped-def]
+        if headers and WORKSPACE_HEADER in headers:  # Retell's routes: the tenant's workspace, named
+            headers = {**headers, WORKSPACE_HEADER: str(world.api.ws)}
         if not context.operation.path.endswith("/completions"):
             return st.just(headers)
         # Half the turns stream: the same statuses, in another content type.

@@ -80,7 +80,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from fastapi import APIRouter
 from sqlalchemy import (
     ColumnElement,
     Float,
@@ -98,18 +97,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatplane.auth import CurrentPrincipal, Session
-from chatplane.chats import service
 from chatplane.chats.filters import id_at
 from chatplane.chats.list_v3_schemas import (
     EPOCH, MAX_MS, NUMERIC_PATTERN, START_ID_SLACK_MS, ChatBooleanFilter, ChatEnumFilter, ChatFilterCriteria,
-    ChatPresentFilter, ChatRangeFilter, ChatStringFilter, ListChatsV3Request, ListChatsV3Response,
+    ChatPresentFilter, ChatRangeFilter, ChatStringFilter, ListChatsV3Request,
 )
-from chatplane.errors import InvalidInput, error_responses
 from chatplane.models import Chat
 from chatplane.pagination import PageRequest, decode_cursor, fetch_page
 
-router = APIRouter(tags=["Chats"], responses=error_responses(401, 404, 413, 422))
 
 # --- the query ---------------------------------------------------------------
 
@@ -363,50 +358,14 @@ async def list_chats(session: AsyncSession, *, workspace_id: int, request: ListC
     """One page of the workspace's chats matching ``request.filter_criteria``."""
     after = None
     if request.pagination_key:
-        try:
-            after = decode_cursor(request.pagination_key, request.sort_order)
-        except InvalidInput as exc:
-            raise InvalidInput(exc.details[0]["message"], field="pagination_key") from None
+        after = decode_cursor(request.pagination_key, request.sort_order, field="pagination_key")
     page = PageRequest(limit=request.limit, after=after, order=request.sort_order)
     dialect = session.get_bind().dialect.name
     where = [Chat.workspace_id == workspace_id, *conditions(request.filter_criteria, dialect=dialect)]
 
-    query = select(Chat).where(*where)
+    query = select(Chat).where(*where).offset(request.skip or None)
     chats, key = await fetch_page(session, query, Chat.id, page)
     total = None
     if request.include_total:
         total = await session.scalar(select(func.count()).select_from(Chat).where(*where))
     return ChatPage(chats=chats, pagination_key=key, total=total)
-
-
-# --- the route -----------------------------------------------------------------
-
-
-@router.post(
-    "/v3/list-chats",
-    response_model=ListChatsV3Response,
-    response_model_exclude_unset=True,
-    summary="List chats (v3)",
-    description=(
-        "Retell's v3 chat list. Chats of the workspace matching every filter of `filter_criteria`, "
-        "by start time (`sort_order`, newest first by default), `limit` per page; pass "
-        "`pagination_key` back for the next page. Items leave out messages and transcript. "
-        "`total` is there only with `include_total: true`.\n\n"
-        "Each filter is `{op, type, value}` as in the Retell SDK; `type` may be left out when `op` "
-        "implies it. String ops `eq ne sw ew co` (case-sensitive), number ops `eq ne gt ge lt le`, "
-        "range `bt` (`[lower, upper]`, inclusive), enum `in`, presence `pr np` (no `value`), boolean "
-        "`eq`. `ne` also matches chats without a value. Timestamps are Unix milliseconds. Unknown "
-        "fields and filters are refused (422), never ignored."
-    ),
-)
-async def list_chats_v3(body: ListChatsV3Request, session: Session, principal: CurrentPrincipal) -> dict[str, Any]:
-    workspace_id = principal.require(body.workspace_id)
-    page = await list_chats(session, workspace_id=workspace_id, request=body)
-    out: dict[str, Any] = {
-        "items": [service.chat_out(chat, None) for chat in page.chats],
-        "has_more": page.pagination_key is not None,
-        "pagination_key": page.pagination_key,
-    }
-    if body.include_total:
-        out["total"] = page.total
-    return out

@@ -23,7 +23,7 @@ from pydantic import (
 from chatplane.chats.schemas import ChatStatus, ChatSummary, ChatType
 from chatplane.errors import FieldError
 from chatplane.pagination import SortOrder
-from chatplane.schemas import MAX_VERSION, WorkspaceId
+from chatplane.schemas import MAX_VERSION
 from chatplane.text import bad_text
 
 
@@ -324,7 +324,12 @@ class ChatFilterCriteria(_Strict):
 
 
 class ListChatsV3Request(_Strict):
-    workspace_id: WorkspaceId
+    workspace_id: int | None = Field(
+        default=None, alias="workspaceId",
+        description="The workspace: the answer is then chatplane's shape. Left out (Retell's SDK), the "
+        "workspace comes from the key (`X-Chatplane-Workspace` for a key granted several) and the items "
+        "are Retell's `ChatResponse`.",
+    )
     filter_criteria: ChatFilterCriteria | None = Field(default=None, description="Left out: every chat.")
     sort_order: SortOrder = Field(default="descending", description="By start time; newest first by default.")
     limit: int = Field(default=50, ge=1, le=1000, description="Items per page (1..1000).")
@@ -336,6 +341,7 @@ class ListChatsV3Request(_Strict):
     include_total: bool = Field(
         default=False, description="Also count every chat matching `filter_criteria` (one more query)."
     )
+    skip: int = Field(default=0, ge=0, le=1_000_000, description="Leave out this many chats first (Retell's `skip`).")
 
 
 class ListChatsV3Response(BaseModel):

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatplane.auth import CurrentPrincipal, Principal, QueryWorkspace, Session
-from chatplane.chats import analysis, lifecycle, service
+from chatplane.chats import actions, lifecycle, service
 from chatplane.chats.filters import id_bound
 from chatplane.chats.schemas import (
     Chat,
@@ -26,8 +26,7 @@ from chatplane.chats.schemas import (
     UpdateChatRequest,
 )
 from chatplane.chats.turn.engine import Turns
-from chatplane.db import transaction
-from chatplane.errors import AppError, Conflict, error_responses
+from chatplane.errors import AppError, error_responses
 from chatplane.pagination import PageQuery
 from chatplane.schemas import WorkspaceBody
 
@@ -125,28 +124,15 @@ async def get_chat(chat_id: str, session: Session, workspace_id: QueryWorkspace)
               responses=error_responses(413))
 async def update_chat(chat_id: str, body: UpdateChatRequest, request: Request, principal: CurrentPrincipal) -> dict:
     workspace_id = principal.require(body.workspace_id)
-    turns: Turns = request.app.state.turns
-    # Under the turn lock, as everything that changes a chat row: a turn that
-    # takes the lock back starts from the row its predecessor wrote.
-    async with turns.locks.hold(chat_id), transaction(request.app.state.sessions) as session:
-        chat = await service.update_chat(
-            session, workspace_id=workspace_id, chat_id=chat_id,
-            changes=body.model_dump(exclude_unset=True, exclude={"workspace_id"}),
-        )
-        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
+    changes = body.model_dump(exclude_unset=True, exclude={"workspace_id"})
+    return await actions.update(request.app.state.services, workspace_id, chat_id, changes)
 
 
 @router.post("/{chat_id}/end", status_code=204, summary="End chat",
              description="Waits for a turn in progress, then ends the chat. An ended chat answers 409.",
              responses=error_responses(409, 413))
 async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principal: CurrentPrincipal) -> Response:
-    workspace_id = principal.require(body.workspace_id)
-    turns: Turns = request.app.state.turns
-    async with turns.locks.hold(chat_id):
-        async with transaction(request.app.state.sessions) as session:
-            chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id, for_update=True)
-            await lifecycle.finish_chat(session, chat=chat, reason="api", registry=request.app.state.services.registry)
-        turns.forget(chat_id)  # no more turns: its history need not stay cached
+    await actions.end(request.app.state.services, principal.require(body.workspace_id), chat_id)
     return Response(status_code=204)
 
 
@@ -155,25 +141,12 @@ async def end_chat(chat_id: str, body: WorkspaceBody, request: Request, principa
              "An ongoing chat answers 409: analysis is of finished chats.",
              responses=error_responses(409, 413))
 async def rerun_analysis(chat_id: str, body: WorkspaceBody, request: Request, principal: CurrentPrincipal) -> dict:
-    workspace_id = principal.require(body.workspace_id)
-    services = request.app.state.services
-    async with services.sessions() as session:
-        chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id)
-        if chat.status == "ongoing":
-            raise Conflict(f"chat {chat_id} is still ongoing; end it first", code="chat_ongoing")
-    await analysis.analyze(services.sessions, registry=services.registry, chat_id=chat_id)
-    async with services.sessions() as session:
-        chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id)
-        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
+    return await actions.rerun_analysis(request.app.state.services, principal.require(body.workspace_id), chat_id)
 
 
 @router.delete("/{chat_id}", status_code=204, summary="Delete chat (and its messages)")
 async def delete_chat(chat_id: str, request: Request, workspace_id: QueryWorkspace) -> Response:
-    turns: Turns = request.app.state.turns
-    async with turns.locks.hold(chat_id):
-        async with transaction(request.app.state.sessions) as session:
-            await service.delete_chat(session, workspace_id=workspace_id, chat_id=chat_id)
-        turns.forget(chat_id)
+    await actions.delete(request.app.state.services, workspace_id, chat_id)
     return Response(status_code=204)
 
 
