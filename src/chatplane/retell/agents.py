@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from sqlalchemy import func, or_
 
 from chatplane import configs
 from chatplane.agents import service
 from chatplane.agents.schemas import ChatAgentConfig
 from chatplane.auth import Session
-from chatplane.errors import Conflict, InvalidInput, error_responses
+from chatplane.errors import InvalidInput, error_responses
 from chatplane.models import ChatAgent
 from chatplane.pagination import SortOrder
 from chatplane.retell.common import (
@@ -27,10 +27,13 @@ from chatplane.retell.common import (
     TAG,
     RetellBody,
     RetellWorkspace,
+    latest,
     listed,
     ms,
     page_of,
+    sent,
     served_model,
+    validated,
 )
 from chatplane.schemas import MAX_VERSION
 
@@ -112,15 +115,8 @@ def _engine(engine: dict[str, Any], renames: dict[str, str], field: str) -> dict
 def to_ours(body: RetellAgentBody, settings: Any, *, clear_nulls: bool) -> dict[str, Any]:
     """The chatplane configuration fields a Retell body sets (a null on an
     update sets the field's default)."""
-    sent = body.model_dump(include={*SERVED, "response_engine"}, exclude_unset=True)
-    ours: dict[str, Any] = {}
-    for name, value in sent.items():
-        if value is None:
-            if clear_nulls and name != "response_engine":
-                default = ChatAgentConfig.model_fields[name].get_default(call_default_factory=True)
-                ours[name] = DEFAULT_NAME if name == "agent_name" else default
-            continue
-        ours[name] = value
+    ours = sent(body, {*SERVED, "response_engine"} if body.response_engine else set(SERVED), ChatAgentConfig,
+                clear_nulls=clear_nulls, defaults={"agent_name": DEFAULT_NAME})
     if "response_engine" in ours:
         engine = {k: v for k, v in ours["response_engine"].items() if k != "llm_websocket_url"}
         ours["response_engine"] = _engine(engine, ENGINES, "response_engine")
@@ -153,11 +149,7 @@ def agent_out(row: ChatAgent) -> dict[str, Any]:
 async def create_chat_agent(body: RetellAgentCreate, request: Request, session: Session,
                             workspace_id: RetellWorkspace) -> dict[str, Any]:
     settings = request.app.state.settings
-    ours = {"agent_name": DEFAULT_NAME, **to_ours(body, settings, clear_nulls=False)}
-    try:
-        config = ChatAgentConfig.model_validate(ours)
-    except ValidationError as exc:
-        raise InvalidInput.from_pydantic(list(exc.errors())) from None
+    config = validated(ChatAgentConfig, {"agent_name": DEFAULT_NAME, **to_ours(body, settings, clear_nulls=False)})
     return agent_out(await service.create_agent(session, workspace_id=workspace_id, config=config, settings=settings))
 
 
@@ -174,20 +166,12 @@ async def get_chat_agent(agent_id: str, session: Session, workspace_id: RetellWo
 async def update_chat_agent(agent_id: str, body: RetellAgentBody, request: Request, session: Session,
                             workspace_id: RetellWorkspace, version: VersionParam = None) -> dict[str, Any]:
     settings = request.app.state.settings
-    await _latest(session, workspace_id, agent_id, version)
+    await latest(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=version)
     row = await service.update_agent(
         session, workspace_id=workspace_id, agent_id=agent_id,
         patch=to_ours(body, settings, clear_nulls=True), settings=settings,
     )
     return agent_out(row)
-
-
-async def _latest(session: Any, workspace_id: int, agent_id: str, version: int | None) -> ChatAgent:
-    latest = await configs.get(session, ChatAgent, workspace_id=workspace_id, id=agent_id)
-    if version is not None and latest.version != version:
-        raise Conflict(f"version {version} of chat agent {agent_id} is not its latest ({latest.version})",
-                       code="version_not_latest")
-    return latest
 
 
 class PublishBody(RetellBody):
@@ -204,7 +188,7 @@ async def publish_agent_version(agent_id: str, body: PublishBody, session: Sessi
                                 workspace_id: RetellWorkspace) -> Response:
     row = await configs.get(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=body.version)
     if not row.is_published:
-        await _latest(session, workspace_id, agent_id, body.version)
+        await latest(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=body.version)
         await service.publish_agent(session, workspace_id=workspace_id, agent_id=agent_id)
     return Response(status_code=204)
 

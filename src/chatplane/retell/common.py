@@ -9,17 +9,19 @@ same services as the ``/api`` routes; this package only maps names and shapes
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Query
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from chatplane import configs
 from chatplane.auth import CurrentPrincipal
-from chatplane.errors import AppError, error_responses
+from chatplane.errors import AppError, Conflict, InvalidInput, error_responses
 from chatplane.pagination import PageRequest, SortOrder, decode_cursor
 from chatplane.schemas import StrictModel
 from chatplane.settings import Settings
 
+M = TypeVar("M", bound=BaseModel)
 TAG = "Retell compatibility"
 # The header that names the workspace when a key may use several (Retell has
 # no workspaces: a key granted one needs nothing).
@@ -58,6 +60,39 @@ class RetellBody(StrictModel):
     """A Retell request body: Retell's own field names; an unknown one is a 422."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def sent(body: BaseModel, names: set[str], ours: type[BaseModel], *, clear_nulls: bool,
+         defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields of ``names`` the Retell ``body`` sets. A null sets the field's
+    default in ``ours`` (or ``defaults``) when ``clear_nulls`` (an update), else
+    it is left out (a create)."""
+    out: dict[str, Any] = {}
+    for name, value in body.model_dump(include=names, exclude_unset=True).items():
+        if value is not None:
+            out[name] = value
+        elif clear_nulls and name in ours.model_fields:
+            fallback = ours.model_fields[name].get_default(call_default_factory=True)
+            out[name] = (defaults or {}).get(name, fallback)
+    return out
+
+
+def validated(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as chatplane's ``model``, its errors as chatplane's 422."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput.from_pydantic(list(exc.errors())) from None
+
+
+async def latest(session: Any, model: type, *, workspace_id: int, id: str, version: int | None) -> Any:
+    """The latest version of ``id``; 409 ``version_not_latest`` if ``version`` names another."""
+    row = await configs.get(session, model, workspace_id=workspace_id, id=id)
+    if version is not None and row.version != version:
+        label = configs.LABELS[model][0]
+        raise Conflict(f"version {version} of {label} {id} is not its latest ({row.version}): "
+                       "only the latest version can be changed", code="version_not_latest")
+    return row
 
 
 def ms(at: datetime | None) -> int | None:

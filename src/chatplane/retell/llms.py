@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from chatplane import configs
 from chatplane.auth import Session
-from chatplane.errors import Conflict, InvalidInput, error_responses
+from chatplane.errors import InvalidInput, error_responses
 from chatplane.llms import service
 from chatplane.llms.schemas import LlmConfig
 from chatplane.models import Llm
@@ -26,10 +26,13 @@ from chatplane.retell.common import (
     RetellBody,
     RetellPage,
     RetellWorkspace,
+    latest,
     listed,
     ms,
     renamed_tools,
+    sent,
     served_model,
+    validated,
 )
 from chatplane.schemas import MAX_VERSION, VersionQuery
 from chatplane.settings import Settings
@@ -91,14 +94,7 @@ def _tools(tools: list[dict[str, Any]] | None, field: str) -> list[dict[str, Any
 def to_ours(body: RetellLlmBody, settings: Settings, *, clear_nulls: bool) -> dict[str, Any]:
     """The chatplane configuration fields a Retell body sets. A null sets the
     field's default when ``clear_nulls`` (an update), else it is left out."""
-    sent = body.model_dump(include=set(SERVED), exclude_unset=True)
-    ours: dict[str, Any] = {}
-    for name, value in sent.items():
-        if value is None:
-            if clear_nulls:
-                ours[name] = LlmConfig.model_fields[name].get_default(call_default_factory=True)
-            continue
-        ours[name] = value
+    ours = sent(body, set(SERVED), LlmConfig, clear_nulls=clear_nulls)
     if "general_tools" in ours:
         ours["general_tools"] = _tools(ours["general_tools"], "general_tools")
     if ours.get("states"):
@@ -110,13 +106,6 @@ def to_ours(body: RetellLlmBody, settings: Settings, *, clear_nulls: bool) -> di
     if "model" in ours:
         ours["model"] = served_model(ours["model"], settings)
     return ours
-
-
-def _validated(config: dict[str, Any]) -> LlmConfig:
-    try:
-        return LlmConfig.model_validate(config)
-    except ValidationError as exc:
-        raise InvalidInput.from_pydantic(list(exc.errors())) from None
 
 
 def llm_out(row: Llm) -> dict[str, Any]:
@@ -134,7 +123,7 @@ def llm_out(row: Llm) -> dict[str, Any]:
 async def create_retell_llm(body: RetellLlmBody, request: Request, session: Session,
                             workspace_id: RetellWorkspace) -> dict[str, Any]:
     settings = request.app.state.settings
-    config = _validated({"display_name": DISPLAY_NAME, **to_ours(body, settings, clear_nulls=False)})
+    config = validated(LlmConfig, {"display_name": DISPLAY_NAME, **to_ours(body, settings, clear_nulls=False)})
     return llm_out(await service.create_llm(session, workspace_id=workspace_id, config=config, settings=settings))
 
 
@@ -153,11 +142,7 @@ async def update_retell_llm(
     version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
 ) -> dict[str, Any]:
     settings = request.app.state.settings
-    if version is not None:
-        latest = await configs.get(session, Llm, workspace_id=workspace_id, id=llm_id)
-        if latest.version != version:
-            raise Conflict(f"version {version} of LLM {llm_id} is not its latest ({latest.version}): "
-                           "only the latest version can be changed", code="version_not_latest")
+    await latest(session, Llm, workspace_id=workspace_id, id=llm_id, version=version)
     row = await service.update_llm(
         session, workspace_id=workspace_id, llm_id=llm_id,
         patch=to_ours(body, settings, clear_nulls=True), settings=settings,
