@@ -14,7 +14,9 @@ from chatplane.chats.routes import router as chats_router
 from chatplane.errors import install_error_handlers
 from chatplane.limits import InputGuard
 from chatplane.llms.routes import router as llms_router
-from chatplane import retell
+from chatplane.retell import agents as retell_agents
+from chatplane.retell import chats as retell_chats
+from chatplane.retell import llms as retell_llms
 from chatplane.services import start, stop
 from chatplane.settings import Settings
 from chatplane.sms.routes import chats_router as sms_chats_router
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None, *, fast_completions: bool = Tru
     app.state.settings = settings
     install_error_handlers(app)
     for router in (workspaces_router, webhook_key_router, llms_router, agents_router, chats_router,
-                   webhooks_router, phone_numbers_router, sms_chats_router, twilio_webhook_router, *retell.ROUTERS):
+                   webhooks_router, phone_numbers_router, sms_chats_router, twilio_webhook_router, retell_llms.router, retell_agents.router, retell_chats.router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

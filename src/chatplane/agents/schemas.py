@@ -64,6 +64,11 @@ class ChatAgentConfig(StrictModel):
     webhook_url: HttpUrlStr | None = None
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
     webhook_timeout_ms: int = Field(default=10_000, ge=1_000, le=120_000)
+    webhook_format: Literal["chatplane", "retell"] = Field(
+        default="chatplane",
+        description="The shape of the `chat` in webhook bodies: chatplane's Chat, or Retell's `ChatResponse` "
+        "(what a Retell handler parses; set by the Retell routes when they create the agent). Signed alike.",
+    )
     timezone: Annotated[str, AfterValidator(_timezone)] = Field(
         default="America/Los_Angeles", max_length=64, description="IANA zone used by `{{current_time}}`."
     )

@@ -1,5 +1,2 @@
-"""Retell's own routes, beside the UponAI ones: see ``common``."""
-
-from chatplane.retell import agents, chats, llms
-
-ROUTERS = (llms.router, agents.router, chats.router)
+"""Retell's own routes, beside the UponAI ones (``common``; the routers are in
+``llms``, ``agents`` and ``chats``), and Retell's shapes (``shapes``)."""

@@ -29,12 +29,12 @@ from chatplane.retell.common import (
     RetellWorkspace,
     latest,
     listed,
-    ms,
     page_of,
     sent,
     served_model,
     validated,
 )
+from chatplane.retell.shapes import ms
 from chatplane.schemas import MAX_VERSION
 
 router = APIRouter(tags=[TAG], responses=RESPONSES)
@@ -149,7 +149,9 @@ def agent_out(row: ChatAgent) -> dict[str, Any]:
 async def create_chat_agent(body: RetellAgentCreate, request: Request, session: Session,
                             workspace_id: RetellWorkspace) -> dict[str, Any]:
     settings = request.app.state.settings
-    config = validated(ChatAgentConfig, {"agent_name": DEFAULT_NAME, **to_ours(body, settings, clear_nulls=False)})
+    # Its webhooks carry Retell's ChatResponse: what the handlers of a Retell user parse.
+    ours = {"agent_name": DEFAULT_NAME, "webhook_format": "retell", **to_ours(body, settings, clear_nulls=False)}
+    config = validated(ChatAgentConfig, ours)
     return agent_out(await service.create_agent(session, workspace_id=workspace_id, config=config, settings=settings))
 
 

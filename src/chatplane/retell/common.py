@@ -8,7 +8,6 @@ same services as the ``/api`` routes; this package only maps names and shapes
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Query
@@ -93,11 +92,6 @@ async def latest(session: Any, model: type, *, workspace_id: int, id: str, versi
         raise Conflict(f"version {version} of {label} {id} is not its latest ({row.version}): "
                        "only the latest version can be changed", code="version_not_latest")
     return row
-
-
-def ms(at: datetime | None) -> int | None:
-    """Unix milliseconds, as Retell gives times."""
-    return None if at is None else int(at.astimezone(UTC).timestamp() * 1000)
 
 
 def served_model(name: str | None, settings: Settings) -> str | None:

@@ -28,12 +28,12 @@ from chatplane.retell.common import (
     RetellWorkspace,
     latest,
     listed,
-    ms,
     renamed_tools,
     sent,
     served_model,
     validated,
 )
+from chatplane.retell.shapes import ms
 from chatplane.schemas import MAX_VERSION, VersionQuery
 from chatplane.settings import Settings
 

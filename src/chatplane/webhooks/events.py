@@ -11,6 +11,7 @@ from chatplane.db import utcnow
 from chatplane.text import iso
 from chatplane.ids import new_id
 from chatplane.models import Chat, WebhookDelivery
+from chatplane.retell.shapes import shape_chat
 
 DELIVER_JOB = "webhook.deliver"
 # Retried with backoff for hours: 2 s doubling to a 30-minute cap, 15 tries
@@ -36,7 +37,7 @@ async def enqueue_event(
         chat_id=chat.id,
         event=event,
         url=agent_config["webhook_url"],
-        payload={"event": event, "chat": _jsonable(snapshot)},
+        payload={"event": event, "chat": _jsonable(_shaped(snapshot, agent_config))},
         status="pending",
         attempts=[],
         created_at=utcnow(),
@@ -51,6 +52,11 @@ async def enqueue_event(
         max_attempts=MAX_ATTEMPTS,
     )
     return delivery
+
+
+def _shaped(snapshot: dict[str, Any], agent_config: dict[str, Any]) -> dict[str, Any]:
+    """The chat as the agent's ``webhook_format`` asks: chatplane's, or Retell's ``ChatResponse``."""
+    return shape_chat(snapshot) if agent_config.get("webhook_format") == "retell" else snapshot
 
 
 def _jsonable(value: Any) -> Any:
