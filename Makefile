@@ -32,4 +32,5 @@ test:
 	$(VENV)/bin/pip install --quiet --no-cache-dir '$(LLAMA)'
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	./scripts/ensure-postgres
+	./scripts/ensure-node
 	$(VENV)/bin/pytest
