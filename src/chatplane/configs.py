@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane.db import utcnow
+from chatplane.errors import Conflict, NotFound, shown
 from chatplane.ids import new_id
-from chatplane.errors import NotFound, shown
 from chatplane.models import ChatAgent, Llm
 from chatplane.pagination import PageRequest, fetch_page
 
@@ -120,12 +120,17 @@ async def save(session: AsyncSession, row: M, *, config: dict[str, Any], **colum
             setattr(row, name, value)
         await session.flush()
         return row
-    model = type(row)
-    row.is_latest = False
-    draft = model(
-        id=row.id,
-        version=row.version + 1,
-        workspace_id=row.workspace_id,
+    return await _next_version(session, row, config=config, columns=columns)
+
+
+async def _next_version(session: AsyncSession, latest: M, *, config: dict[str, Any], columns: dict[str, Any]) -> M:
+    """A new draft after ``latest``, which stops being the latest."""
+    now = utcnow()
+    latest.is_latest = False
+    draft = type(latest)(
+        id=latest.id,
+        version=latest.version + 1,
+        workspace_id=latest.workspace_id,
         is_published=False,
         is_latest=True,
         config=config,
@@ -136,6 +141,40 @@ async def save(session: AsyncSession, row: M, *, config: dict[str, Any], **colum
     session.add(draft)
     await session.flush()
     return draft
+
+
+async def branch(session: AsyncSession, latest: M, base: M, **columns: Any) -> M:
+    """The next version, a draft with ``base``'s configuration (``latest`` is
+    published: there is one draft at a time, and it is the latest)."""
+    if not latest.is_published:
+        label = LABELS[type(latest)][0]
+        raise Conflict(f"{label} {latest.id} has a draft already (version {latest.version}): "
+                       "change or publish it", code="draft_exists")
+    return await _next_version(session, latest, config=base.config, columns=columns)
+
+
+async def drop_draft(session: AsyncSession, latest: M) -> M:
+    """Delete the draft ``latest``; the version before it is the latest again."""
+    model = type(latest)
+    label = LABELS[model][0]
+    if latest.is_published:
+        raise Conflict(f"version {latest.version} of {label} {latest.id} is published; only a draft is deleted",
+                       code="version_published")
+    previous = await session.scalar(
+        select(model)
+        .where(model.id == latest.id, model.workspace_id == latest.workspace_id, model.version < latest.version)
+        .order_by(model.version.desc())
+        .limit(1)
+        .with_for_update()
+    )
+    if previous is None:
+        raise Conflict(f"version {latest.version} is the only version of {label} {latest.id}: delete it instead",
+                       code="only_version")
+    await session.delete(latest)
+    await session.flush()  # before another row is the latest (one latest per id)
+    previous.is_latest = True
+    await session.flush()
+    return previous
 
 
 async def mark_published(session: AsyncSession, row: M) -> M:

@@ -37,7 +37,7 @@ class World:
 
     backend: Backend
     api: Api
-    ids: dict[str, list[str]]  # parameter name (llm_id, chat_id, …) -> real ids
+    ids: dict[str, list[Any]]  # parameter name (llm_id, chat_id, …) -> real ids
     # "METHOD /path" -> parameter name -> the ids that operation names instead
     # (what it may delete or end, or the chats in the state it needs).
     ids_of_operation: dict[str, dict[str, list[str]]]
@@ -70,6 +70,14 @@ def build_world(backend: Backend, api: Api) -> World:
             assert api.post(f"/api/chats/{chat_id}/completions", {"content": "hello"}).status_code == 201
             assert api.post(f"/api/chats/{chat_id}/end").status_code == 204
         return ids
+
+    def versioned(*, draft: bool) -> str:
+        """An agent whose version 1 is published, and (``draft``) version 2 a draft."""
+        agent_id = agent(main)
+        assert api.post(f"/api/chat-agents/{agent_id}/publish").status_code == 200
+        if draft:
+            assert api.patch(f"/api/chat-agents/{agent_id}", {"agent_name": "fuzz draft"}).status_code == 200
+        return agent_id
 
     def number(phone: str, agent_id: str) -> str:
         body = {
@@ -107,6 +115,7 @@ def build_world(backend: Backend, api: Api) -> World:
             "chat_id": ongoing + ended,
             "phone_number": numbers,
             "delivery_id": deliveries,
+            "version": [1],
         },
         ids_of_operation={
             "DELETE /api/llms/{llm_id}": {"llm_id": [main, *(llm() for _ in range(4))]},  # main is in use: 409
@@ -126,6 +135,10 @@ def build_world(backend: Backend, api: Api) -> World:
             "PATCH /end-chat/{chat_id}": {"chat_id": chats(hooked, 8)},
             "PUT /rerun-chat-analysis/{chat_id}": {"chat_id": ended},
             "POST /create-chat-completion": {"chat_id": ongoing},
+            "POST /create-agent-version/{agent_id}": {"agent_id": [versioned(draft=False) for _ in range(4)]},
+            "DELETE /delete-agent-version/{agent_id}": {
+                "agent_id": [versioned(draft=True) for _ in range(4)], "version": [2],
+            },
         },
     )
 
@@ -156,14 +169,14 @@ def aim_at_real_things(schema: schemathesis.BaseSchema, world: World) -> None:
     def flatmap_query(context, query):  # type: ignore[no-untyped-def]
         if not isinstance(query, dict):
             return st.just(query)
-        return aimed(context, query, {"agentId": "agent_id", "chatId": "chat_id"})
+        return aimed(context, query, {"agentId": "agent_id", "chatId": "chat_id", "version": "version"})
 
     @schema.hook
     def flatmap_body(context, body):  # type: ignore[no-untyped-def]
         if not isinstance(body, dict):
             return st.just(body)
         names = {"agent_id": "agent_id", "override_agent_id": "agent_id", "from_number": "phone_number",
-                 "chat_id": "chat_id"}
+                 "chat_id": "chat_id", "base_version": "version"}
         strategy = aimed(context, body, names)
         engine = body.get("response_engine")
         if isinstance(engine, dict) and "llm_id" in engine:

@@ -31,7 +31,10 @@ VALID_BODIES = {
     ("POST", "/create-chat-agent"): {"response_engine": {"type": "retell-llm", "llm_id": "llm_01jzzzzzzzzzzzzzzzz"}},
     ("POST", "/create-chat-completion"): {"chat_id": "chat_01jzzzzzzzzzzzzzzzzzzzzzzz", "content": "hi"},
     ("POST", "/publish-agent-version/{agent_id}"): {"version": 1},
+    ("POST", "/create-agent-version/{agent_id}"): {"base_version": 1},
 }
+# The query a route needs, likewise.
+VALID_QUERIES = {("DELETE", "/delete-agent-version/{agent_id}"): {"version": 1}}
 
 
 def _call(api: Api, method: str, path: str, *, key: str | None, headers: dict[str, str] | None = None,
@@ -41,7 +44,7 @@ def _call(api: Api, method: str, path: str, *, key: str | None, headers: dict[st
     if body is not None:
         return httpx.request(method, url, content=body, headers={**all_headers, "content-type": "application/json"})
     if method in ("GET", "DELETE"):
-        return httpx.request(method, url, headers=all_headers)
+        return httpx.request(method, url, headers=all_headers, params=VALID_QUERIES.get((method, path)))
     return httpx.request(method, url, json=VALID_BODIES.get((method, path), {}), headers=all_headers)
 
 

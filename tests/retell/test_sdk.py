@@ -30,6 +30,7 @@ from retell.types import (
     ChatResponse,
     LlmResponse,
 )
+from retell.types.agent_list_versions_response import AgentListVersionsResponse
 from retell.types.chat_agent_list_response import ChatAgentListResponse
 from retell.types.chat_create_chat_completion_response import ChatCreateChatCompletionResponse
 from retell.types.chat_list_response import ChatListResponse
@@ -315,3 +316,43 @@ def test_one_list_route_serves_both_shapes(api: Api) -> None:
     theirs = httpx.post(api.backend.url + "/v3/list-chats", json={},
                         headers={"Authorization": f"Bearer {api.key}"}).json()["items"][0]
     assert theirs["chat_id"] == chat.chat_id and "chatId" not in theirs
+
+
+def test_agent_versions_as_the_sdk_makes_lists_and_deletes_them(api: Api) -> None:
+    retell = client(api)
+    llm = retell.llm.create(model=SCRIPTED)
+    agent = retell.chat_agent.create(response_engine={"type": "retell-llm", "llm_id": llm.llm_id}, agent_name="v1")
+    with pytest.raises(ConflictError):  # one draft at a time: version 1 is it
+        retell.chat_agent.create_version(agent.agent_id, base_version=1)
+    with pytest.raises(ConflictError):  # the only version
+        retell.chat_agent.delete_version(agent.agent_id, version=1)
+    retell.chat_agent.publish(agent.agent_id, version=1)
+    retell.chat_agent.update(agent.agent_id, agent_name="v2")  # a published latest: version 2, a draft
+    retell.chat_agent.publish(agent.agent_id, version=2)
+    made = retell.chat_agent.create_version(agent.agent_id, base_version=1)
+    strict(ChatAgentResponse, made.to_dict())
+    assert made.version == 3 and made.agent_name == "v1" and made.is_published is False
+    assert retell.chat_agent.retrieve(agent.agent_id).version == 3
+
+    versions = raw(retell.agent.with_raw_response.list_versions(agent.agent_id, limit=2), AgentListVersionsResponse)
+    assert [(v.version, v.is_published) for v in versions.items] == [(1, True), (2, True)] and versions.has_more
+    rest = retell.agent.list_versions(agent.agent_id, limit=2, pagination_key=versions.pagination_key)
+    assert [(v.version, v.is_published) for v in rest.items] == [(3, False)] and not rest.has_more
+    newest = retell.agent.list_versions(agent.agent_id, sort_order="descending", limit=1)
+    assert [v.version for v in newest.items] == [3]
+
+    with pytest.raises(ConflictError):  # published versions stay
+        retell.chat_agent.delete_version(agent.agent_id, version=2)
+    with pytest.raises(NotFoundError):
+        retell.chat_agent.delete_version(agent.agent_id, version=9)
+    retell.chat_agent.delete_version(agent.agent_id, version=3)
+    assert retell.chat_agent.retrieve(agent.agent_id).version == 2  # the latest again
+    with pytest.raises(NotFoundError):
+        retell.chat_agent.retrieve(agent.agent_id, version=3)
+
+    draft = retell.chat_agent.update(agent.agent_id, agent_name="v3 again")
+    retell.chat.create(agent_id=agent.agent_id)  # runs on the draft
+    with pytest.raises(ConflictError):
+        retell.chat_agent.delete_version(agent.agent_id, version=draft.version)
+    with pytest.raises(NotFoundError):
+        retell.agent.list_versions("chat_agent_01jzzzzzzzzzzzzzzzzzzzzzzz")

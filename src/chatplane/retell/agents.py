@@ -13,15 +13,16 @@ from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, select
 
 from chatplane import configs
 from chatplane.agents import service
 from chatplane.agents.schemas import ChatAgentConfig
 from chatplane.auth import Session
-from chatplane.errors import InvalidInput, error_responses
-from chatplane.models import ChatAgent
+from chatplane.errors import Conflict, InvalidInput, error_responses
+from chatplane.models import Chat, ChatAgent
 from chatplane.pagination import SortOrder
+from chatplane.pagination import page_of as page_cut
 from chatplane.retell.common import (
     RESPONSES,
     TAG,
@@ -193,6 +194,62 @@ async def publish_agent_version(agent_id: str, body: PublishBody, session: Sessi
         await latest(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=body.version)
         await service.publish_agent(session, workspace_id=workspace_id, agent_id=agent_id)
     return Response(status_code=204)
+
+
+class CreateVersionBody(RetellBody):
+    base_version: int = Field(ge=1, le=MAX_VERSION, description="The version the new draft starts from.")
+
+
+@router.post("/create-agent-version/{agent_id}", status_code=201, summary="Create chat agent version (Retell)",
+             description="The next version, a draft with `base_version`'s configuration. One draft at a time: "
+             "409 `draft_exists` while the latest version is not published.", responses=error_responses(409, 413))
+async def create_agent_version(agent_id: str, body: CreateVersionBody, session: Session,
+                               workspace_id: RetellWorkspace) -> dict[str, Any]:
+    current = await configs.get(session, ChatAgent, workspace_id=workspace_id, id=agent_id, for_update=True)
+    base = await configs.get(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=body.base_version)
+    return agent_out(await configs.branch(session, current, base, llm_id=base.llm_id))
+
+
+@router.delete("/delete-agent-version/{agent_id}", status_code=204, summary="Delete chat agent version (Retell)",
+               description="Deletes the draft (the latest version, not published); the version before it is the "
+               "latest again. 409: `version_published` (published versions stay: chats may run on them), "
+               "`only_version` (delete the agent), `version_in_use` (a chat ran on the draft).",
+               responses=error_responses(409))
+async def delete_agent_version(
+    agent_id: str, session: Session, workspace_id: RetellWorkspace,
+    version: Annotated[int, Query(ge=1, le=MAX_VERSION, description="The version to delete.")],
+) -> Response:
+    row = await configs.get(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=version,
+                            for_update=True)
+    if not row.is_published:
+        await latest(session, ChatAgent, workspace_id=workspace_id, id=agent_id, version=version)
+        used = await session.scalar(
+            select(Chat.id).where(Chat.agent_id == agent_id, Chat.agent_version == version).limit(1)
+        )
+        if used is not None:
+            raise Conflict(f"chat {used} ran on version {version} of chat agent {agent_id}; it stays",
+                           code="version_in_use")
+    await configs.drop_draft(session, row)
+    return Response(status_code=204)
+
+
+@router.get("/list-agent-versions/{agent_id}", summary="List chat agent versions (Retell)",
+            description="Oldest first unless `sort_order=descending`.")
+async def list_agent_versions(
+    agent_id: str, session: Session, workspace_id: RetellWorkspace,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50, pagination_key: str | None = None,
+    sort_order: SortOrder = "ascending",
+) -> dict[str, Any]:
+    rows = await configs.list_versions(session, ChatAgent, workspace_id=workspace_id, id=agent_id)
+    page = page_of(limit, pagination_key, sort_order)
+    keyed = [(f"{row.version:010d}", row) for row in (rows if sort_order == "ascending" else rows[::-1])]
+    if page.after is not None:
+        keyed = [(key, row) for key, row in keyed
+                 if (key > page.after if sort_order == "ascending" else key < page.after)]
+    taken, next_key = page_cut([row for _, row in keyed], [key for key, _ in keyed], page)
+    items = [{"version": row.version, "is_published": row.is_published,
+              "last_modification_timestamp": ms(row.updated_at)} for row in taken]
+    return listed(items, next_key)
 
 
 class ListFilter(BaseModel):
