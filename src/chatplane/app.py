@@ -17,6 +17,7 @@ from chatplane.llms.routes import router as llms_router
 from chatplane.retell import agents as retell_agents
 from chatplane.retell import chats as retell_chats
 from chatplane.retell import llms as retell_llms
+from chatplane.retell import numbers as retell_numbers
 from chatplane.services import start, stop
 from chatplane.settings import Settings
 from chatplane.sms.routes import chats_router as sms_chats_router
@@ -64,7 +65,8 @@ def create_app(settings: Settings | None = None, *, fast_completions: bool = Tru
     app.state.settings = settings
     install_error_handlers(app)
     for router in (workspaces_router, webhook_key_router, llms_router, agents_router, chats_router,
-                   webhooks_router, phone_numbers_router, sms_chats_router, twilio_webhook_router, retell_llms.router, retell_agents.router, retell_chats.router):
+                   webhooks_router, phone_numbers_router, sms_chats_router, twilio_webhook_router, retell_llms.router, retell_agents.router, retell_chats.router,
+                   retell_numbers.router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -135,6 +135,10 @@ def build_world(backend: Backend, api: Api) -> World:
             "PATCH /end-chat/{chat_id}": {"chat_id": chats(hooked, 8)},
             "PUT /rerun-chat-analysis/{chat_id}": {"chat_id": ended},
             "POST /create-chat-completion": {"chat_id": ongoing},
+            "DELETE /delete-phone-number/{phone_number}": {
+                "phone_number": [number(f"+1555000400{i}", hooked) for i in range(3)],
+            },
+            "POST /create-sms-chat": {"phone_number": [number("+15550005000", texter)], "agent_id": [texter]},
             "POST /create-agent-version/{agent_id}": {"agent_id": [versioned(draft=False) for _ in range(4)]},
             "DELETE /delete-agent-version/{agent_id}": {
                 "agent_id": [versioned(draft=True) for _ in range(4)], "version": [2],

@@ -32,6 +32,9 @@ VALID_BODIES = {
     ("POST", "/create-chat-completion"): {"chat_id": "chat_01jzzzzzzzzzzzzzzzzzzzzzzz", "content": "hi"},
     ("POST", "/publish-agent-version/{agent_id}"): {"version": 1},
     ("POST", "/create-agent-version/{agent_id}"): {"base_version": 1},
+    ("POST", "/import-phone-number"): {"phone_number": "+15550000000", "twilio_account_sid": "AC" + "0" * 32,
+                                       "twilio_auth_token": "x" * 32},
+    ("POST", "/create-sms-chat"): {"from_number": "+15550000000", "to_number": "+15550000001"},
 }
 # The query a route needs, likewise.
 VALID_QUERIES = {("DELETE", "/delete-agent-version/{agent_id}"): {"version": 1}}
