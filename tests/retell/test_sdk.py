@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ from retell.types.llm_list_response import LlmListResponse
 from chatplane import auth
 from chatplane.testing import Reply
 from tests.conftest import SCRIPTED, Api, ScriptedModel
+from tests.test_lifecycle import analysis_json, wait_for
 
 END_CALL = {"type": "end_call", "name": "end_call", "description": "End the chat when they are done."}
 REMEMBER = {
@@ -356,3 +358,62 @@ def test_agent_versions_as_the_sdk_makes_lists_and_deletes_them(api: Api) -> Non
         retell.chat_agent.delete_version(agent.agent_id, version=draft.version)
     with pytest.raises(NotFoundError):
         retell.agent.list_versions("chat_agent_01jzzzzzzzzzzzzzzzzzzzzzzz")
+
+
+def test_rerun_analysis_answers_the_chat_with_its_analysis(api: Api, model: ScriptedModel) -> None:
+    retell = client(api)
+    llm = retell.llm.create(model=SCRIPTED)
+    agent = retell.chat_agent.create(
+        response_engine={"type": "retell-llm", "llm_id": llm.llm_id},
+        post_chat_analysis_data=[
+            {"type": "system-presets", "name": "chat_summary"},  # always analysed here: dropped
+            {"type": "string", "name": "product", "description": "What they bought."},
+        ],
+    )
+    assert [item.name for item in agent.post_chat_analysis_data] == ["product"]
+    chat = retell.chat.create(agent_id=agent.agent_id)
+    token = uuid.uuid4().hex
+    retell.chat.create_chat_completion(chat_id=chat.chat_id, content=f"one Pro plan please {token}")
+    with pytest.raises(ConflictError):  # analysis is of ended chats
+        retell.chat.rerun_analysis(chat.chat_id)
+    first = analysis_json(custom_analysis_data={"product": "Pro plan"})
+    again = analysis_json(chat_summary="Asked twice.", custom_analysis_data={"product": "Pro plan"})
+    model.push_structured(Reply(first, when=token))
+    retell.chat.end(chat.chat_id)
+    wait_for(api, chat.chat_id, lambda c: (c["chatAnalysis"] or {}).get("analysisStatus") == "succeeded")
+    model.push_structured(Reply(again, when=token))
+    rerun = raw(retell.chat.with_raw_response.rerun_analysis(chat.chat_id), ChatResponse)
+    assert rerun.chat_analysis.chat_summary == "Asked twice." and rerun.chat_analysis.user_sentiment == "Positive"
+    assert rerun.chat_analysis.custom_analysis_data == {"product": "Pro plan"}
+    with pytest.raises(NotFoundError):
+        retell.chat.rerun_analysis("chat_01jzzzzzzzzzzzzzzzzzzzzzzz")
+
+
+def test_the_async_client_on_every_llm_agent_and_chat_route(api: Api, model: ScriptedModel) -> None:
+    async def scenario() -> None:
+        async with AsyncRetell(api_key=api.key, base_url=api.backend.url, max_retries=0) as retell:
+            llm = await retell.llm.create(model=SCRIPTED, general_prompt="one")
+            assert (await retell.llm.retrieve(llm.llm_id)).general_prompt == "one"
+            assert (await retell.llm.update(llm.llm_id, general_prompt="two")).general_prompt == "two"
+            assert [item.llm_id for item in (await retell.llm.list()).items] == [llm.llm_id]
+            agent = await retell.chat_agent.create(response_engine={"type": "retell-llm", "llm_id": llm.llm_id})
+            assert (await retell.chat_agent.retrieve(agent.agent_id, version=1)).agent_id == agent.agent_id
+            assert (await retell.chat_agent.update(agent.agent_id, agent_name="A")).agent_name == "A"
+            assert [item.agent_name for item in (await retell.chat_agent.list()).items] == ["A"]
+            await retell.chat_agent.publish(agent.agent_id, version=1)
+            draft = await retell.chat_agent.update(agent.agent_id, agent_name="B")
+            await retell.chat_agent.delete_version(agent.agent_id, version=draft.version)
+            assert (await retell.chat_agent.create_version(agent.agent_id, base_version=1)).version == 2
+            assert len((await retell.agent.list_versions(agent.agent_id)).items) == 2
+            chat = await retell.chat.create(agent_id=agent.agent_id)
+            updated = await retell.chat.update(chat.chat_id, override_dynamic_variables={"x": "1"})
+            assert updated.chat_id == chat.chat_id
+            await retell.chat.delete(chat.chat_id)
+            with pytest.raises(NotFoundError):
+                await retell.chat.update(chat.chat_id, metadata={})
+            await retell.chat_agent.delete(agent.agent_id)
+            await retell.llm.delete(llm.llm_id)
+            with pytest.raises(NotFoundError):
+                await retell.llm.retrieve(llm.llm_id)
+
+    asyncio.run(scenario())
