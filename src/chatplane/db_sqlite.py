@@ -104,10 +104,10 @@ _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 class UnitThread:
     """A thread that runs the functions handed to it one at a time, in order.
 
-    A ``ThreadPoolExecutor`` of one does the same with more around each call:
-    a unit on the pool's connection cost ~10 % more wall time through one
-    (``/tmp``-style micro-benchmark in the issue 14 note: 502 -> 557 us a
-    unit at 16 at once), this is aiosqlite's own way, with public parts.
+    aiosqlite's own way (a queue, and ``call_soon_threadsafe`` back to the
+    loop), with public parts. A ``ThreadPoolExecutor`` of one does the same
+    with more around each call: ~10 % more wall time per unit at 16 at once
+    (502 -> 557 us, measured against aiosqlite's thread; issue 14's note).
     """
 
     def __init__(self) -> None:
