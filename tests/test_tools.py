@@ -258,7 +258,9 @@ def test_custom_tool_call_signed_with_chat_context_and_result_back_to_the_model(
         tools_api, model, tool_server,
         headers={"X-Api-Token": "t0k"}, query_params={"region": "eu"},
         response_variables={"user_name": "data.user.name", "user_age": "data.user.age",
-                            "first_tag": "data.tags[0]", "absent": "data.nope"},
+                            "first_tag": "data.tags[0]", "absent": "data.nope",
+                            # A digit to str.isdigit that int() refuses: absent, not a 500.
+                            "superscript": "data.tags.\u00b9"},
     )
     [request] = tool_server.requests
     assert request["method"] == "POST" and request["path"] == "/tools/lookup"

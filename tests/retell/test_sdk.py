@@ -246,6 +246,8 @@ def test_the_sdk_s_exceptions(api: Api, other: Api) -> None:
         retell.chat_agent.create(response_engine={"type": "retell-llm", "llm_id": theirs.llm_id})
     with pytest.raises(UnprocessableEntityError):
         retell.chat.create(agent_id="chat_agent_x", agent_version="latest")
+    with pytest.raises(UnprocessableEntityError):  # found by schemathesis: a digit to str.isdigit, a 500 in int()
+        retell.chat.create(agent_id="chat_agent_x", agent_version="\u00b9")
     with pytest.raises(NotFoundError):
         retell.chat.create(agent_id="chat_agent_01jzzzzzzzzzzzzzzzzzzzzzzz")
 

@@ -321,7 +321,7 @@ class ToolRunner:
             timeout=timeout_s, extensions=extensions,
         ) as response:
             declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+            if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                 raise _TooLarge
             size = 0
             chunks: list[bytes] = []
@@ -388,7 +388,7 @@ def _at_path(data: Any, path: str) -> Any:
             continue
         if isinstance(data, dict):
             data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+        elif isinstance(data, list) and part.isascii() and part.isdigit() and int(part) < len(data):
             data = data[int(part)]
         else:
             return None

@@ -42,7 +42,7 @@ class CreateChatBody(RetellBody):
 
 def _version(value: int | str | None) -> int | None:
     if isinstance(value, str):
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):  # "¹" is a digit to str.isdigit, not to int()
             raise InvalidInput("a version number", field="agent_version")
         value = int(value)
     if value is not None and not 1 <= value <= MAX_VERSION:

@@ -86,7 +86,7 @@ async def receive_text(
     if not user_number:
         raise InvalidInput("is required", field="From")
     media = []
-    count = int(params["NumMedia"]) if params.get("NumMedia", "").isdigit() else 0
+    count = int(n) if (n := params.get("NumMedia", "")).isascii() and n.isdigit() else 0
     for index in range(min(count, MAX_MEDIA)):
         if media_url := params.get(f"MediaUrl{index}"):
             media.append({"url": _clean(media_url), "content_type": _clean(params.get(f"MediaContentType{index}", ""))})
