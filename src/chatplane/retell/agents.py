@@ -27,6 +27,7 @@ from chatplane.retell.common import (
     RESPONSES,
     TAG,
     RetellBody,
+    RetellPage,
     RetellWorkspace,
     latest,
     listed,
@@ -282,11 +283,8 @@ def _chat_channel_matches(criterion: ListFilter) -> bool:
              description="Every agent here is a chat agent (`channel` `chat`), none a transfer agent; "
              "`query` matches the name (case-insensitive) or the id.", responses=error_responses(413))
 async def list_agents(
-    session: Session, workspace_id: RetellWorkspace, body: ListAgentsBody | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50, pagination_key: str | None = None,
-    sort_order: SortOrder = "descending",
+    session: Session, workspace_id: RetellWorkspace, page: RetellPage, body: ListAgentsBody | None = None,
 ) -> dict[str, Any]:
-    page = page_of(limit, pagination_key, sort_order)
     filters = body.filter_criteria if body else None
     where = []
     if filters is not None:

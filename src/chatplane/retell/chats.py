@@ -16,7 +16,6 @@ from chatplane.chats.list_v3 import list_chats
 from chatplane.chats.list_v3_schemas import ListChatsV3Request, ListChatsV3Response
 from chatplane.chats.schemas import StringMap
 from chatplane.chats.turn.engine import Turns
-from chatplane.db import transaction
 from chatplane.errors import InvalidInput, error_responses
 from chatplane.retell.common import (
     RESPONSES,
@@ -52,13 +51,12 @@ def _version(value: int | str | None) -> int | None:
 
 @router.post("/create-chat", status_code=201, summary="Create chat (Retell)",
              description="409 `llm_missing` if the agent's LLM was deleted.", responses=error_responses(409, 413))
-async def create_chat(body: CreateChatBody, request: Request, workspace_id: RetellWorkspace) -> dict[str, Any]:
-    async with transaction(request.app.state.sessions) as session:
-        chat, messages = await lifecycle.create_chat(
-            session, workspace_id=workspace_id, agent_id=body.agent_id, agent_version=_version(body.agent_version),
-            metadata=body.metadata, dynamic_variables=body.retell_llm_dynamic_variables,
-        )
-        return shape_chat(service.chat_out(chat, messages))
+async def create_chat(body: CreateChatBody, session: Session, workspace_id: RetellWorkspace) -> dict[str, Any]:
+    chat, messages = await lifecycle.create_chat(
+        session, workspace_id=workspace_id, agent_id=body.agent_id, agent_version=_version(body.agent_version),
+        metadata=body.metadata, dynamic_variables=body.retell_llm_dynamic_variables,
+    )
+    return shape_chat(service.chat_out(chat, messages))
 
 
 @router.get("/get-chat/{chat_id}", summary="Get chat (Retell)")
