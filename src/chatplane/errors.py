@@ -75,6 +75,11 @@ class PayloadTooLarge(AppError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class InvalidInput(AppError):
     """A body that parses but breaks a rule the schema cannot express."""
 
@@ -86,7 +91,8 @@ class InvalidInput(AppError):
         self.details = details or [{"field": field or "body", "message": message}]
 
     @classmethod
-    def from_pydantic(cls, errors: list[dict[str, Any]], *, prefix: tuple[Any, ...] = ()) -> InvalidInput:
+    def from_pydantic(cls, errors: list[dict[str, Any]], *, prefix: tuple[Any, ...] = ("body",)) -> InvalidInput:
+        """Errors of a model validated by hand: where they are is the body (``prefix``)."""
         body = validation_body([{**e, "loc": prefix + tuple(e.get("loc", ()))} for e in errors])
         error = body["error"]
         return cls(error["message"], field=error["field"], details=error["details"])
@@ -121,12 +127,13 @@ def _is_union_member(part: str) -> bool:
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    # Drop the "body"/"query" prefix FastAPI adds; keep list indexes readable.
+    # Drop the "body"/"query" prefix FastAPI adds (only there: a field may be
+    # named "query"); keep list indexes readable.
     parts: list[str] = []
     last_field = None
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
     for p in loc:
-        if p in ("body", "query", "path", "header"):
-            continue
         if isinstance(p, str) and last_field in UNION_FIELDS and _is_union_member(p):
             continue
         parts.append(str(p))
@@ -198,6 +205,7 @@ _ERROR_DESCRIPTIONS = {
     404: "The workspace is not one of this key's (`workspace_not_found`), or the resource is not in it.",
     409: "The resource is not in a state that allows this; `code` says why.",
     413: "The request body is larger than the server accepts (`payload_too_large`).",
+    415: "A file of a type the server does not read, or a compressed body (`unsupported_media_type`).",
     422: "The request is not valid (`validation_error`); `field` names what is wrong.",
     502: "The model provider failed (`provider_error`); nothing was stored, send it again.",
     504: "The model provider did not answer in time (`provider_timeout`); nothing was stored.",

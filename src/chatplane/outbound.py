@@ -27,6 +27,8 @@ import asyncio
 import ipaddress
 import re
 import socket
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -175,3 +177,96 @@ def _check_host(host: str) -> None:
                 f"must be an absolute http(s) URL: {host!r} is not an IPv4 address in the form a.b.c.d "
                 "(four decimal numbers from 0 to 255, without leading zeros)"
             )
+
+
+class TooLarge(Exception):
+    """The answer is longer than the caller's limit (read no further than that)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    url: httpx.URL  # where it came from (after redirects, for ``fetch``)
+
+    @property
+    def charset(self) -> str | None:
+        return httpx.Response(self.status, headers=self.headers).charset_encoding
+
+
+async def send(
+    http: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    *,
+    allow_private: bool,
+    max_bytes: int,
+    timeout_s: float,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One request to ``url``, checked by this module's rule just before.
+
+    The connection goes to the very address that was checked (so a DNS answer
+    that changes in between cannot point it elsewhere), with the original
+    Host and TLS name. Redirects are not followed. Raises ``PrivateAddress``,
+    ``TooLarge`` (past ``max_bytes``, declared or read) and httpx's errors.
+    """
+    address = await resolve_url(url, allow_private=allow_private)
+    headers = {**(headers or {}), "Host": url.netloc.decode("ascii")}
+    extensions: dict[str, Any] = {}
+    if url.scheme == "https":
+        extensions["sni_hostname"] = url.host  # the certificate is checked against the name, not the address
+        # The pool knows connections by address: never leave one verified
+        # for this name to be reused for another name on the same address.
+        headers["Connection"] = "close"
+    async with http.stream(
+        method, url.copy_with(host=address), content=content, headers=headers, timeout=timeout_s,
+        extensions=extensions,
+    ) as response:
+        declared = response.headers.get("content-length")
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+            raise TooLarge
+        size = 0
+        chunks: list[bytes] = []
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise TooLarge
+            chunks.append(chunk)
+        return Answer(response.status_code, response.headers, b"".join(chunks), url)
+
+
+class TooManyRedirects(Exception):
+    pass
+
+
+async def fetch(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    allow_private: bool,
+    max_bytes: int,
+    timeout_s: float,
+    max_redirects: int,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """GET ``url``, following redirects, each one checked as the first was
+    (``parse_url`` and the address rule): a public page cannot redirect the
+    server into its own network. ``timeout_s`` bounds the whole of it,
+    redirects and a slowly sent body included (``TimeoutError``). Raises
+    ``BadURL`` for a URL (or a redirect's ``Location``) no call is made to."""
+    target = parse_url(url)
+    async with asyncio.timeout(timeout_s):
+        for _ in range(max_redirects + 1):
+            answer = await send(http, "GET", target, allow_private=allow_private, max_bytes=max_bytes,
+                                timeout_s=timeout_s, headers=headers)
+            location = answer.headers.get("location")
+            if answer.status not in (301, 302, 303, 307, 308) or not location:
+                return answer
+            try:
+                target = parse_url(str(target.join(location)))
+            except httpx.InvalidURL as exc:
+                raise BadURL(f"redirect to a URL that cannot be called: {exc}") from None
+        raise TooManyRedirects(f"more than {max_redirects} redirects")

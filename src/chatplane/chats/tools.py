@@ -303,41 +303,17 @@ class ToolRunner:
     async def _send(
         self, method: str, url: httpx.URL, body: str, headers: dict[str, str], timeout_s: float
     ) -> tuple[int, str]:
-        """One request to an address checked just before: the connection goes to
-        the very address that was checked (so a DNS answer that changes in
-        between cannot point it elsewhere), with the original Host and TLS name."""
-        host = url.host
-        address = await self._checked_address(url)
-        headers = {**headers, "Host": url.netloc.decode("ascii")}
-        extensions: dict[str, Any] = {}
-        if url.scheme == "https":
-            extensions["sni_hostname"] = host  # the certificate is checked against the name, not the address
-            # The pool knows connections by address: never leave one verified
-            # for this name to be reused for another name on the same address.
-            headers["Connection"] = "close"
         assert self.http is not None
-        async with self.http.stream(
-            method, url.copy_with(host=address), content=body.encode() if body else None, headers=headers,
-            timeout=timeout_s, extensions=extensions,
-        ) as response:
-            declared = response.headers.get("content-length")
-            if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-                raise _TooLarge
-            size = 0
-            chunks: list[bytes] = []
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    raise _TooLarge
-                chunks.append(chunk)
-            text = b"".join(chunks).decode(response.charset_encoding or "utf-8", errors="replace")
-            return response.status_code, text
-
-    async def _checked_address(self, url: httpx.URL) -> str:
         try:
-            return await outbound.resolve_url(url, allow_private=self.allow_private_networks)
+            answer = await outbound.send(
+                self.http, method, url, allow_private=self.allow_private_networks, max_bytes=MAX_RESPONSE_BYTES,
+                timeout_s=timeout_s, content=body.encode() if body else None, headers=headers,
+            )
         except outbound.PrivateAddress as exc:
             raise ToolRefused(str(exc)) from None
+        except outbound.TooLarge:
+            raise _TooLarge from None
+        return answer.status, answer.body.decode(answer.charset or "utf-8", errors="replace")
 
     @staticmethod
     def _answer(tool: dict[str, Any], text: str, effects: TurnEffects) -> ToolResult:
