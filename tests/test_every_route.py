@@ -41,6 +41,9 @@ VALID_BODIES = {
         "phone_number": "+15550000000", "twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "x" * 32,
     },
     ("POST", "/api/chats/sms"): {"from_number": "+15550000000", "to_number": "+15550000001"},
+    ("POST", "/api/knowledge-bases"): {"knowledge_base_name": "x"},
+    ("POST", "/api/knowledge-bases/{knowledge_base_id}/sources"): {"knowledge_base_urls": ["https://example.com/"]},
+    ("POST", "/api/knowledge-bases/{knowledge_base_id}/search"): {"query": "x"},
 }
 
 

@@ -13,9 +13,11 @@ from chatplane.chats.fast import CompletionFastPath
 from chatplane.chats.routes import router as chats_router
 from chatplane.errors import install_error_handlers
 from chatplane.limits import InputGuard
+from chatplane.knowledge.routes import router as knowledge_router
 from chatplane.llms.routes import router as llms_router
 from chatplane.retell import agents as retell_agents
 from chatplane.retell import chats as retell_chats
+from chatplane.retell import knowledge as retell_knowledge
 from chatplane.retell import llms as retell_llms
 from chatplane.retell import numbers as retell_numbers
 from chatplane.services import start, stop
@@ -26,6 +28,10 @@ from chatplane.sms.routes import webhook_router as twilio_webhook_router
 from chatplane.webhooks.routes import key_router as webhook_key_router
 from chatplane.webhooks.routes import router as webhooks_router
 from chatplane.workspaces.routes import router as workspaces_router
+
+# Multipart bodies to these paths stream to the route (files may be far
+# larger than a JSON body): knowledge-base files.
+UPLOAD_PATHS = ("/api/knowledge-bases", "/create-knowledge-base", "/add-knowledge-base-sources/")
 
 DESCRIPTION = """\
 Self-hosted chat agents speaking the UponAI Platform chat API.
@@ -66,7 +72,7 @@ def create_app(settings: Settings | None = None, *, fast_completions: bool = Tru
     install_error_handlers(app)
     for router in (workspaces_router, webhook_key_router, llms_router, agents_router, chats_router,
                    webhooks_router, phone_numbers_router, sms_chats_router, twilio_webhook_router, retell_llms.router, retell_agents.router, retell_chats.router,
-                   retell_numbers.router):
+                   retell_numbers.router, knowledge_router, retell_knowledge.router):
         app.include_router(router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -80,5 +86,8 @@ def create_app(settings: Settings | None = None, *, fast_completions: bool = Tru
     # the route start (auth, validation) on a declared-oversized body and
     # answers in plain text; this one refuses before the app runs, in the
     # API's error shape.
-    app.add_middleware(InputGuard, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(
+        InputGuard, max_bytes=settings.server.max_body_bytes, upload_paths=UPLOAD_PATHS,
+        max_upload_bytes=settings.knowledge.max_upload_bytes,
+    )
     return app

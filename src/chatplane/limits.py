@@ -12,6 +12,12 @@
   (parsing, validation, rendering) overflow the stack, and a number out of
   those ranges is refused by the databases.
 
+Uploads (multipart bodies to the paths ``InputGuard`` is given as
+``upload_paths``: knowledge-base files) are not read here: they may be far
+larger than a JSON body, so they stream through to the route's form parser
+(which spools files to disk), counted on the way: past ``max_upload_bytes``
+the read raises ``PayloadTooLarge`` (413). The route checks their fields.
+
 Form bodies (Twilio's webhooks) are not checked here: what Twilio sends is a
 person's text, which cannot be refused; the route keeps it ``text.clean``.
 Headers need no check: the HTTP parser refuses NUL and control bytes in
@@ -35,7 +41,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatplane.auth import authenticate
-from chatplane.errors import Unauthorized
+from chatplane.errors import PayloadTooLarge, Unauthorized
 from chatplane.text import bad_text, clean
 
 DRAIN_LIMIT = 16 * 1024 * 1024
@@ -171,6 +177,21 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def counted(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises ``PayloadTooLarge`` once more than ``limit`` bytes came."""
+    size = 0
+
+    async def count() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        return message
+
+    return count
+
+
 def _content_type(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"content-type":
@@ -185,9 +206,13 @@ class InputGuard:
     app, so a route never sees a partial body.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, upload_paths: tuple[str, ...] = (), max_upload_bytes: int = 0
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_paths = upload_paths  # path prefixes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -203,10 +228,18 @@ class InputGuard:
             return
         headers = dict(scope["headers"])
         encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        upload = (
+            self.upload_paths and scope["path"].startswith(self.upload_paths)
+            and _content_type(scope) == "multipart/form-data" and encoding in (b"identity", b"")
+        )
+        limit = self.max_upload_bytes if upload else self.max_bytes
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             await self._drain(receive, int(declared))
-            await self._too_large(send)
+            await self._too_large(send, limit)
+            return
+        if upload:
+            await self.app(scope, counted(receive, limit), send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -219,7 +252,7 @@ class InputGuard:
             if size > self.max_bytes:
                 if message.get("more_body", False):
                     await self._drain(receive, None)
-                await self._too_large(send)
+                await self._too_large(send, self.max_bytes)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -267,9 +300,8 @@ class InputGuard:
             if not message.get("more_body", False):
                 return
 
-    async def _too_large(self, send: Send) -> None:
-        await self._refuse(send, Refused(
-            413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"))
+    async def _too_large(self, send: Send, limit: int) -> None:
+        await self._refuse(send, Refused(413, "payload_too_large", f"request body is larger than {limit} bytes"))
 
     async def _refuse(self, send: Send, refused: Refused) -> None:
         error: dict[str, object] = {"code": refused.code, "message": refused.message}

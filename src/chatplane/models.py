@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -327,3 +328,97 @@ class SmsMessage(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class KnowledgeBase(Base):
+    """Documents an LLM answers from: live content, not versioned (a published
+    LLM always searches its knowledge bases' current content, as Retell's does)."""
+
+    __tablename__ = "knowledge_bases"
+    __table_args__ = (Index("ix_knowledge_bases_workspace_id", "workspace_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # knowledge_base_<ulid>
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    # in_progress -> complete | error; refreshing_in_progress while sources are
+    # added or refreshed (what was indexed before stays searchable).
+    status: Mapped[str] = mapped_column(String(32), default="in_progress")
+    max_chunk_size: Mapped[int] = mapped_column(Integer)
+    min_chunk_size: Mapped[int] = mapped_column(Integer)
+    enable_auto_refresh: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What full-text scoring needs for the whole knowledge base (knowledge.search):
+    # how many chunks it has and how many terms they hold together.
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    term_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class KnowledgeSource(Base):
+    """One text, file or URL of a knowledge base: the original as it was
+    given (or last fetched) and the text extracted from it, in the database
+    so that every server process sees them."""
+
+    __tablename__ = "knowledge_sources"
+    __table_args__ = (Index("ix_knowledge_sources_base", "knowledge_base_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # source_<ulid>
+    knowledge_base_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))  # text | document | url
+    title: Mapped[str] = mapped_column(String(512), default="")  # a text's title, a file's name, a page's title
+    url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    filename: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    file_size: Mapped[int] = mapped_column(Integer, default=0)
+    original: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # SHA-256 of the extracted text: a refresh that finds the same text re-indexes nothing.
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | complete | error
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class KnowledgeChunk(Base):
+    """A piece of a source's text, the unit retrieval ranks and the prompt shows.
+
+    ``terms`` is the text as the search indexes it (``knowledge.terms``:
+    case-folded, stemmed words, space-separated), the same on both databases:
+    SQLite's FTS5 table ``knowledge_chunks_fts`` and PostgreSQL's ``tsv``
+    column (migration 0010; outside this model) index it. A source's chunks
+    are replaced in one transaction, so a search sees all of them or none.
+    """
+
+    __tablename__ = "knowledge_chunks"
+    __table_args__ = (
+        Index("ix_knowledge_chunks_source", "source_id", "position"),
+        Index("ix_knowledge_chunks_base", "knowledge_base_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    knowledge_base_id: Mapped[str] = mapped_column(String(64))
+    source_id: Mapped[str] = mapped_column(ForeignKey("knowledge_sources.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text)
+    terms: Mapped[str] = mapped_column(Text)
+    term_count: Mapped[int] = mapped_column(Integer)
+    # A dense vector when an embeddings model is configured: float32, little-endian.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    embedding_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class KnowledgeTerm(Base):
+    """How many of a knowledge base's chunks hold a term: the idf of full-text scoring."""
+
+    __tablename__ = "knowledge_terms"
+
+    knowledge_base_id: Mapped[str] = mapped_column(
+        ForeignKey("knowledge_bases.id", ondelete="CASCADE"), primary_key=True
+    )
+    term: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chunks: Mapped[int] = mapped_column(Integer)

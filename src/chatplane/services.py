@@ -24,6 +24,7 @@ from chatplane.settings import Settings
 # Modules whose job handlers a worker must know, imported for their registration.
 import chatplane.chats.analysis  # noqa: E402,F401
 import chatplane.chats.idle  # noqa: E402,F401
+import chatplane.knowledge.ingest  # noqa: E402,F401
 import chatplane.webhooks.deliver  # noqa: E402,F401
 import chatplane.sms.tasks  # noqa: E402,F401
 

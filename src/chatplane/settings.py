@@ -119,6 +119,34 @@ class SmsSettings(BaseModel):
     )
 
 
+class KnowledgeSettings(BaseModel):
+    """Knowledge bases: what an upload and a fetched page may be, and how ingestion reads them."""
+
+    max_file_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="Largest file a knowledge base takes (413 past it)."
+    )
+    max_upload_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1,
+        description="Largest multipart body of one create or add-sources call, all files together (413).",
+    )
+    max_files: int = Field(default=25, ge=1, description="Files in one create or add-sources call.")
+    max_url_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="Largest page or file a URL source may answer."
+    )
+    fetch_timeout_s: float = Field(default=20.0, gt=0, description="Timeout of fetching one URL source.")
+    max_redirects: int = Field(default=5, ge=0, description="Redirects a URL source may follow (each re-checked).")
+    max_pages: int = Field(default=2000, ge=1, description="Longest PDF read, in pages.")
+    max_chars: int = Field(
+        default=5_000_000, ge=1000, description="Longest text taken from one source, in characters."
+    )
+    max_unpacked_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="Largest a DOCX (a zip) may unpack to."
+    )
+    refresh_s: float = Field(
+        default=86_400.0, gt=0, description="How often URL sources of auto-refreshing knowledge bases are fetched again."
+    )
+
+
 class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
@@ -230,6 +258,7 @@ class Settings(BaseSettings):
         ),
     )
     sms: SmsSettings = Field(default_factory=SmsSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     allow_private_networks: bool = Field(
         default=False,
         description=(

@@ -1,0 +1,1 @@
+"""Knowledge bases: sources, ingestion, retrieval."""

@@ -1,0 +1,126 @@
+"""Full-text scoring (knowledge.search): one 0..1 scale, the same on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatplane import auth
+from chatplane.db import create_engine, create_sessionmaker, migrate, transaction
+from chatplane.knowledge import service
+from chatplane.knowledge.search import Query, search
+from chatplane.knowledge.terms import terms
+from chatplane.settings import Settings
+from tests.conftest import BACKENDS, dispose_settings, fresh_settings
+
+# Every text has four terms: all chunks are of average length.
+TEXTS = [
+    "red apples grow slowly",
+    "green apples taste sour",
+    "bananas grow in bunches",
+    "cherries need cold winters",
+    "apples apples apples apples",
+]
+
+
+def _rows(kb_id: str, source_id: str, texts: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for position, text in enumerate(texts):
+        words = terms(text)
+        rows.append({"knowledge_base_id": kb_id, "source_id": source_id, "position": position, "title": "",
+                     "text": text, "terms": " ".join(words), "term_count": len(words)})
+    return rows
+
+
+def _searches(kind: str, tmp: Path, queries: list[Query]) -> list[list[tuple[int, float]]]:
+    """Index TEXTS in a fresh database of ``kind``; each query's (position, score) hits."""
+    settings = fresh_settings(kind, tmp)
+    try:
+        migrate(settings)
+        return asyncio.run(_indexed_and_searched(settings, queries))
+    finally:
+        dispose_settings(settings)
+
+
+async def _indexed_and_searched(settings: Settings, queries: list[Query]) -> list[list[tuple[int, float]]]:
+    engine = create_engine(settings, pooled=False)
+    sessions = create_sessionmaker(engine)
+    try:
+        async with transaction(sessions) as session:
+            workspace = await auth.create_workspace(session, name="w")
+            base = await service.create_base(
+                session, workspace_id=workspace.id, name="fruit", max_chunk_size=2000, min_chunk_size=10,
+                enable_auto_refresh=False, texts=[("fruit", "\n\n".join(TEXTS))], urls=[], files=[],
+            )
+            source = (await service.sources_of(session, base.id))[0]
+            await service.add_chunks(session, base, source.id, _rows(base.id, source.id, TEXTS))
+            # Noise in another knowledge base: neither its chunks nor its counts reach the first one's.
+            other = await service.create_base(
+                session, workspace_id=workspace.id, name="noise", max_chunk_size=2000, min_chunk_size=10,
+                enable_auto_refresh=False, texts=[("n", "n")], urls=[], files=[],
+            )
+            noise = (await service.sources_of(session, other.id))[0]
+            await service.add_chunks(session, other, noise.id, _rows(other.id, noise.id, ["apples"] * 30))
+        async with sessions() as session:
+            results = []
+            for query in queries:
+                hits = await search(session, [base.id], query, top_k=10)
+                assert {h.knowledge_base_id for h in hits} <= {base.id}
+                results.append([(h.position, h.score) for h in hits])
+            return results
+    finally:
+        await engine.dispose()
+
+
+QUERIES = [
+    Query.of("red apples grow slowly"),  # every term of chunk 0
+    Query.of("apples"),
+    Query.of("bananas grow"),
+    Query.of("red apples grow slowly zyzzyva"),  # one term no chunk holds
+    Query.of("grow", earlier=["bananas please"]),
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list[tuple[int, float]]]]:
+    return {kind: _searches(kind, tmp_path_factory.mktemp(kind), QUERIES) for kind in BACKENDS}
+
+
+def test_the_same_scores_on_both_databases(results: dict[str, list[list[tuple[int, float]]]]) -> None:
+    assert results["sqlite"] == results["postgresql"]
+
+
+def test_every_term_of_the_query_once_scores_one(results: dict[str, Any]) -> None:
+    exact, *_ = results["sqlite"]
+    assert exact[0] == (0, 1.0)
+    assert all(score < 1.0 for _, score in exact[1:])
+
+
+def test_a_term_held_more_often_ranks_higher_and_is_capped(results: dict[str, Any]) -> None:
+    apples = results["sqlite"][1]
+    assert apples[0] == (4, 1.0)  # four times: ranked first, its score capped at 1
+    assert sorted(apples[1:]) == [(0, 1.0), (1, 1.0)]  # once, in a chunk of average length
+
+
+def test_the_score_is_the_weighted_share_of_the_query_held(results: dict[str, Any]) -> None:
+    bananas = dict(results["sqlite"][2])
+    assert bananas[2] == 1.0  # both terms
+    assert 0 < bananas[0] < 0.5  # only "grow", the commoner of the two (lower idf)
+    # A word of the question that no chunk holds lowers every score.
+    exact, with_unknown = results["sqlite"][0], results["sqlite"][3]
+    assert [p for p, _ in with_unknown] == [p for p, _ in exact]
+    assert all(b < a for (_, a), (_, b) in zip(exact, with_unknown))
+
+
+def test_earlier_messages_count_half(results: dict[str, Any]) -> None:
+    hits = results["sqlite"][4]
+    assert hits[0][0] == 2  # "bananas" (from before) breaks the tie between the two "grow" chunks
+    assert hits[0][1] < 1.0  # "please" is in no chunk
+
+
+def test_query_terms_and_weights() -> None:
+    query = Query.of("Refunding it?", earlier=["my refund", "the premium plan"])
+    assert query.weights == {"refund": 1.0, "it": 1.0, "my": 0.5, "the": 0.5, "premium": 0.5, "plan": 0.5}
