@@ -209,6 +209,8 @@ class ChatMessage(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Attachments that came with a user message (MMS): [{url, content_type}].
     multimedia: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
+    # What the model was given for an agent message (chats.turn.manifest).
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class IdempotencyKey(Base):

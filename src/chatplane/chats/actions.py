@@ -14,7 +14,7 @@ from chatplane.errors import Conflict
 async def get(services: Any, workspace_id: int, chat_id: str) -> dict[str, Any]:
     async with services.sessions() as session:
         chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id)
-        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
+        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id, manifests=True))
 
 
 async def update(services: Any, workspace_id: int, chat_id: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -22,7 +22,7 @@ async def update(services: Any, workspace_id: int, chat_id: str, changes: dict[s
     # takes the lock back starts from the row its predecessor wrote.
     async with services.turns.locks.hold(chat_id), transaction(services.sessions) as session:
         chat = await service.update_chat(session, workspace_id=workspace_id, chat_id=chat_id, changes=changes)
-        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id))
+        return service.chat_out(chat, await service.get_messages(session, chat_id=chat.id, manifests=True))
 
 
 async def end(services: Any, workspace_id: int, chat_id: str) -> None:

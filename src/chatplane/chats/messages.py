@@ -29,6 +29,7 @@ class NewMessage:
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    manifest: dict[str, Any] | None = None  # chats.turn.manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ def message_rows(chat_id: str, message_count: int, messages: list[NewMessage]) -
         {
             "id": new_id("msg"), "chat_id": chat_id, "seq": message_count + i, "role": m.role, "content": m.content,
             "name": None, "tool_calls": m.tool_calls, "model": m.model, "prompt_tokens": m.prompt_tokens,
-            "completion_tokens": m.completion_tokens, "created_at": m.at,
+            "completion_tokens": m.completion_tokens, "created_at": m.at, "manifest": m.manifest,
         }
         for i, m in enumerate(messages)
     ]

@@ -114,7 +114,7 @@ async def list_chats(
             description="Retrieve details for a specific chat session.")
 async def get_chat(chat_id: str, session: Session, workspace_id: QueryWorkspace) -> Response:
     chat = await service.get_chat(session, workspace_id=workspace_id, chat_id=chat_id)
-    messages = await service.get_messages(session, chat_id=chat.id)
+    messages = await service.get_messages(session, chat_id=chat.id, manifests=True)
     return Response(service.chat_json(chat, messages), media_type="application/json")
 
 

@@ -47,6 +47,54 @@ class ToolCallResult(BaseModel):
     successful: bool
 
 
+class ManifestSection(BaseModel):
+    name: str = Field(description="general_prompt, state_prompt, knowledge, tools, history, user_message, tool_rounds.")
+    estimatedTokens: int = Field(description="Characters / 4: one estimate for every provider.")
+    messages: int | None = Field(default=None, description="history and tool_rounds: how many messages.")
+    count: int | None = Field(default=None, description="tools: how many were offered.")
+
+
+class ManifestPrompt(BaseModel):
+    sections: list[ManifestSection] = Field(description="In the order the model read them.")
+    estimatedTokens: int
+
+
+class ManifestChunk(BaseModel):
+    knowledgeBaseId: str
+    sourceId: str
+    sourceTitle: str
+    sourceUrl: str | None
+    chunkId: int
+    position: int
+    title: str
+    text: str = Field(description="As it was given to the model (kept when the source changes or is deleted).")
+    score: float = Field(description="0..1, the scale of `kb_config.filter_score`.")
+    rank: int
+
+
+class ManifestRetrieval(BaseModel):
+    knowledgeBaseIds: list[str]
+    earlierMessages: int = Field(description="Messages before the user's that joined the query at half weight.")
+    tookMs: float
+    chunks: list[ManifestChunk] = Field(description="Best first; empty when nothing reached `filter_score`.")
+
+
+class ManifestModel(BaseModel):
+    name: str
+    latencyMs: float = Field(description="The model call's own time, from the request to the last byte of the reply.")
+    promptTokens: int = Field(description="As the model counted them.")
+    completionTokens: int
+    cost: float = Field(description="USD, at the server's prices for the model.")
+
+
+class Manifest(BaseModel):
+    """What the model was given for one agent message, and what its call took."""
+
+    prompt: ManifestPrompt
+    retrieval: ManifestRetrieval | None = Field(description="None when the LLM names no knowledge base.")
+    model: ManifestModel
+
+
 class Message(BaseModel):
     role: Literal["assistant", "user"]
     content: str
@@ -62,12 +110,20 @@ class Message(BaseModel):
         description="Attachments a user sent by MMS, `[{url, content_type}]`: recorded, not read by the agent. "
         "Only on messages that came with attachments.",
     )
+    manifest: Manifest | None = Field(
+        default=None,
+        description="Agent messages a model wrote: what the model was given (prompt sections, retrieved "
+        "knowledge with its text) and the call's time, tokens and cost. In the chat's own answers (a "
+        "completion, `GET /api/chats/{chat_id}`), not in webhook payloads.",
+    )
 
     @model_serializer(mode="wrap")
     def _without_empty_multimedia(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
         data = handler(self)
-        if isinstance(data, dict) and data.get("multimedia") is None:
-            data.pop("multimedia", None)
+        if isinstance(data, dict):
+            for optional in ("multimedia", "manifest"):
+                if data.get(optional) is None:
+                    data.pop(optional, None)
         return data
 
 

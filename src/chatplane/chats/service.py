@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import starmap
 from typing import Any, NamedTuple
 
 from pydantic import TypeAdapter
@@ -99,20 +100,34 @@ class StoredMessage(NamedTuple):
     id: str
     created_at: datetime
     multimedia: list[dict[str, Any]] | None
+    manifest: dict[str, Any] | None = None  # read only to be shown (get_messages(manifests=True))
 
 
 MESSAGES = ChatMessage.__table__
-READ_MESSAGES = (
-    select(*(MESSAGES.c[field] for field in StoredMessage._fields))
-    .where(MESSAGES.c.chat_id == bindparam("chat_id"), MESSAGES.c.seq > bindparam("after_seq"))
-    .order_by(MESSAGES.c.seq)
-)
 
 
-async def get_messages(session: AsyncSession, *, chat_id: str, after_seq: int = -1) -> list[StoredMessage]:
-    """The chat's messages after ``after_seq``, in order."""
-    result = await session.execute(READ_MESSAGES, {"chat_id": chat_id, "after_seq": after_seq})
-    return list(map(StoredMessage._make, result))
+def _read_messages(fields: tuple[str, ...]) -> Any:
+    return (
+        select(*(MESSAGES.c[field] for field in fields))
+        .where(MESSAGES.c.chat_id == bindparam("chat_id"), MESSAGES.c.seq > bindparam("after_seq"))
+        .order_by(MESSAGES.c.seq)
+    )
+
+
+READ_MESSAGES = _read_messages(StoredMessage._fields[:-1])
+READ_SHOWN_MESSAGES = _read_messages(StoredMessage._fields)
+
+
+async def get_messages(
+    session: AsyncSession, *, chat_id: str, after_seq: int = -1, manifests: bool = False
+) -> list[StoredMessage]:
+    """The chat's messages after ``after_seq``, in order; with their context
+    manifests only if ``manifests`` (up to tens of kB a message: only a chat
+    shown whole needs them)."""
+    params = {"chat_id": chat_id, "after_seq": after_seq}
+    if manifests:
+        return list(map(StoredMessage._make, await session.execute(READ_SHOWN_MESSAGES, params)))
+    return list(starmap(StoredMessage, await session.execute(READ_MESSAGES, params)))
 
 
 async def list_chats(
@@ -187,6 +202,8 @@ def message_out(message: ChatMessage | StoredMessage) -> dict[str, Any]:
     }
     if message.multimedia:
         out["multimedia"] = message.multimedia
+    if message.manifest:
+        out["manifest"] = message.manifest
     return out
 
 

@@ -101,9 +101,15 @@ class State(StrictModel):
     tools: list[Tool] = Field(default_factory=list)
 
 
+MAX_KNOWLEDGE_BASES = 20
+
+
 class KBConfig(StrictModel):
-    top_k: int = Field(default=3, ge=1, le=10)
-    filter_score: float = Field(default=0.6, ge=0, le=1)
+    top_k: int = Field(default=3, ge=1, le=10, description="At most this many chunks go into a turn's prompt.")
+    filter_score: float = Field(
+        default=0.6, ge=0, le=1,
+        description="Chunks scoring below this are left out; 0..1, the scale docs/knowledge.md explains.",
+    )
 
 
 class LlmConfig(StrictModel):
@@ -122,10 +128,12 @@ class LlmConfig(StrictModel):
     general_tools: list[Tool] = Field(default_factory=list)
     states: list[State] = Field(default_factory=list)
     starting_state: str | None = None
-    knowledge_base_ids: list[str] = Field(
+    knowledge_base_ids: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=list,
-        max_length=0,
-        description="Knowledge bases are not served yet: must be empty (the field is kept for compatibility).",
+        max_length=MAX_KNOWLEDGE_BASES,
+        description="Knowledge bases of this workspace searched on every turn (their current content: a "
+        "knowledge base is not versioned with the LLM). The best chunks go into the system prompt; "
+        "`kb_config` says how many and how relevant.",
     )
     kb_config: KBConfig = Field(default_factory=KBConfig)
     default_dynamic_variables: Variables = Field(default_factory=dict)
@@ -134,6 +142,8 @@ class LlmConfig(StrictModel):
     def _consistent(self) -> LlmConfig:
         unique_names(self.general_tools, "general_tools", "tool")
         unique_names(self.states, "states", "state")
+        if len(set(self.knowledge_base_ids)) < len(self.knowledge_base_ids):
+            raise FieldError("knowledge_base_ids", "names a knowledge base twice")
         names = {state.name for state in self.states}
         if self.states:
             if self.starting_state is None:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chatplane import configs
 from chatplane.errors import Conflict, InvalidInput
 from chatplane.llms.schemas import LlmConfig
-from chatplane.models import ChatAgent, Llm
+from chatplane.models import ChatAgent, KnowledgeBase, Llm
 from chatplane.schemas import validate_merged
 from chatplane.settings import Settings
 
@@ -25,7 +25,24 @@ def _check_model(config: LlmConfig, settings: Settings) -> dict[str, Any]:
     return data
 
 
+async def _check_knowledge(session: AsyncSession, workspace_id: int, config: LlmConfig) -> None:
+    """Every knowledge base the configuration names is one of the workspace's."""
+    if not config.knowledge_base_ids:
+        return
+    found = set((await session.scalars(
+        select(KnowledgeBase.id).where(
+            KnowledgeBase.workspace_id == workspace_id, KnowledgeBase.id.in_(config.knowledge_base_ids))
+        # Locked as deleting one locks it first: a delete either waits and
+        # sees this LLM (409), or went first and the id is not found here.
+        .with_for_update()
+    )).all())
+    for i, kb in enumerate(config.knowledge_base_ids):
+        if kb not in found:
+            raise InvalidInput(f"no knowledge base {kb[:64]!r} in this workspace", field=f"knowledge_base_ids[{i}]")
+
+
 async def create_llm(session: AsyncSession, *, workspace_id: int, config: LlmConfig, settings: Settings) -> Llm:
+    await _check_knowledge(session, workspace_id, config)
     return await configs.create(
         session, Llm, workspace_id=workspace_id, config=_check_model(config, settings)
     )
@@ -36,6 +53,7 @@ async def update_llm(
 ) -> Llm:
     row = await configs.get(session, Llm, workspace_id=workspace_id, id=llm_id, for_update=True)
     merged = validate_merged(LlmConfig, row.config, patch)
+    await _check_knowledge(session, workspace_id, merged)  # type: ignore[arg-type]
     return await configs.save(session, row, config=_check_model(merged, settings))  # type: ignore[arg-type]
 
 

@@ -37,6 +37,7 @@ from chatplane.chats.turn.store import TurnStore, open_store
 from chatplane.chats.turn.write import TurnWrite
 from chatplane.db import utcnow
 from chatplane.errors import Conflict
+from chatplane.knowledge.retrieve import Retriever
 from chatplane.models import Chat
 from chatplane.providers import OnDelta, Registry
 from chatplane.providers.base import Message
@@ -64,6 +65,7 @@ def _message_json(row: dict[str, Any]) -> dict[str, Any]:
         "messageId": row["id"],
         # The same form the response models give every other datetime.
         "createdAt": iso(row["created_at"]),
+        **({"manifest": row["manifest"]} if row["manifest"] else {}),
     }
 
 
@@ -98,7 +100,7 @@ class Turns:
         self.registry = registry
         self.locks = locks
         self.responder: Responder = LlmResponder(
-            registry, tools.ToolRunner(http, allow_private_networks=allow_private_networks)
+            registry, tools.ToolRunner(http, allow_private_networks=allow_private_networks), Retriever(engine)
         )
         self.store: TurnStore = open_store(engine, locks)
         self.history = HistoryCache()
@@ -199,7 +201,7 @@ class Turns:
         rows, counters = message_rows(chat_id, row.message_count, [
             NewMessage("user", content, started),
             *(NewMessage("assistant", r.reply.content, r.at, r.tool_calls, model, r.reply.prompt_tokens,
-                         r.reply.completion_tokens) for r in replies),
+                         r.reply.completion_tokens, r.manifest) for r in replies),
         ])
         agents = rows[1:]
         now = counters.last_agent_message_at

@@ -21,6 +21,7 @@ recorded per message.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,8 +29,10 @@ from typing import Any, Protocol
 
 from chatplane.chats import tools
 from chatplane.chats.service import Versions, chat_variables
-from chatplane.chats.turn.context import system_prompt
+from chatplane.chats.turn import manifest
+from chatplane.chats.turn.context import joined, prompt_sections
 from chatplane.db import utcnow
+from chatplane.knowledge.retrieve import Retriever, prompt_block
 from chatplane.providers import ModelReply, ModelRequest, OnDelta, Registry
 from chatplane.providers.base import Message
 
@@ -45,6 +48,7 @@ class Reply:
     reply: ModelReply
     at: datetime
     tool_calls: list[dict[str, Any]] | None  # each with its result
+    manifest: dict[str, Any] | None = None  # what the model was given (turn.manifest)
 
 
 class ChatView:
@@ -86,9 +90,10 @@ class Responder(Protocol):
 class LlmResponder:
     """The LLM configuration's model, with its tools, in a loop."""
 
-    def __init__(self, registry: Registry, runner: tools.ToolRunner) -> None:
+    def __init__(self, registry: Registry, runner: tools.ToolRunner, retriever: Retriever | None = None) -> None:
         self.registry = registry
         self.runner = runner
+        self.retriever = retriever
 
     async def respond(
         self, turn: TurnInput, on_delta: OnDelta | None, confirm: Callable[[], Awaitable[None]]
@@ -100,7 +105,12 @@ class LlmResponder:
         llm_config = versions.llm
         model = llm_config["model"]
         toolbox = tools.toolbox(llm_config, effects.state) if tools.has_tools(llm_config) else None
-        system = system_prompt(row, versions, now=started)
+        retrieval = None
+        if self.retriever is not None and llm_config.get("knowledge_base_ids"):
+            retrieval = await self.retriever.retrieve(llm_config, history, asked["content"] or "")
+        knowledge = prompt_block(retrieval.hits) if retrieval else ""
+        sections = prompt_sections(row, versions, now=started, knowledge=knowledge)
+        system = joined(sections)
         conversation = [*history, asked]
         replies: list[Reply] = []
         context: tools.ChatContext | None = None
@@ -113,9 +123,14 @@ class LlmResponder:
                 tools=toolbox.definitions if toolbox else None,
                 tool_choice="none" if toolbox and last_call else None,
             )
+            called = time.perf_counter()
             reply = await self.registry.complete(model, request, on_delta)
+            about = manifest.manifest(
+                manifest.prompt_part(sections, request.tools, request.messages[1 if system else 0:]), retrieval,
+                manifest.model_part(model, reply, (time.perf_counter() - called) * 1000, self.registry.price(model)),
+            )
             if not reply.tool_calls:
-                replies.append(Reply(reply, utcnow(), None))
+                replies.append(Reply(reply, utcnow(), None, about))
                 return replies
             if last_call:
                 # A provider that ignored tool_choice: keep the calls visible,
@@ -123,7 +138,7 @@ class LlmResponder:
                 reason = "not run: the chat is ending" if effects.end_chat else (
                     f"not run: this turn reached its limit of {MAX_TOOL_ROUNDS} tool rounds"
                 )
-                replies.append(Reply(reply, utcnow(), [tools.not_run(call, reason) for call in reply.tool_calls]))
+                replies.append(Reply(reply, utcnow(), [tools.not_run(call, reason) for call in reply.tool_calls], about))
                 return replies
             if context is None:
                 await confirm()
@@ -137,10 +152,11 @@ class LlmResponder:
             for call in reply.tool_calls:
                 result = await self.runner.run(call, toolbox, effects, context)
                 calls.append({**call, "result": result.as_json()})
-            replies.append(Reply(reply, utcnow(), calls))
+            replies.append(Reply(reply, utcnow(), calls, about))
             conversation.extend(tools.history_messages("assistant", reply.content, calls))
             if effects.state != state_before:
                 toolbox = tools.toolbox(llm_config, effects.state)
             if effects.changed:  # the next call sees the new state's prompt and the collected values
-                system = system_prompt(ChatView(row, effects), versions, now=started)
+                sections = prompt_sections(ChatView(row, effects), versions, now=started, knowledge=knowledge)
+                system = joined(sections)
 
