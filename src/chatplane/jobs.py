@@ -53,6 +53,19 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
     return register
 
 
+async def monitor(services: Any, one_pass: Callable[[Any], Awaitable[Any]], what: str) -> None:
+    """Run ``one_pass(services)`` every ``jobs.monitor_s``, for ever: a
+    monitor that queues jobs for what has come due (idle chats, URL sources
+    to fetch again). Every process runs one; the jobs it queues are
+    deduplicated, so they run once."""
+    while True:
+        try:
+            await one_pass(services)
+        except Exception:  # keep monitoring through a database hiccup
+            log.exception("%s monitor pass failed", what)
+        await asyncio.sleep(services.settings.jobs.monitor_s)
+
+
 class RetryLater(Exception):
     """A handler asks to be run again later without it counting as an error."""
 

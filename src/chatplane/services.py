@@ -25,6 +25,7 @@ from chatplane.settings import Settings
 import chatplane.chats.analysis  # noqa: E402,F401
 import chatplane.chats.idle  # noqa: E402,F401
 import chatplane.knowledge.ingest  # noqa: E402,F401
+import chatplane.knowledge.refresh  # noqa: E402,F401
 import chatplane.webhooks.deliver  # noqa: E402,F401
 import chatplane.sms.tasks  # noqa: E402,F401
 
@@ -90,6 +91,7 @@ async def start(settings: Settings, *, worker: bool) -> Services:
         )
         services._tasks.append(asyncio.create_task(services.worker.run_forever()))
         services._tasks.append(asyncio.create_task(chatplane.chats.idle.run_monitor(services)))
+        services._tasks.append(asyncio.create_task(chatplane.knowledge.refresh.run_monitor(services)))
     return services
 
 

@@ -88,7 +88,9 @@ class JobSettings(BaseModel):
     poll_s: float = Field(default=0.5, gt=0, description="How often an idle worker looks for due jobs.")
     backoff_base_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles each attempt.")
     backoff_cap_s: float = Field(default=1800.0, ge=0, description="Longest delay between attempts.")
-    monitor_s: float = Field(default=15.0, gt=0, description="How often idle chats are looked for.")
+    monitor_s: float = Field(
+        default=15.0, gt=0, description="How often idle chats, and URL sources due a refresh, are looked for."
+    )
     extra_modules: list[str] = Field(
         default_factory=list, description="Python modules with more `@jobs.handler`s, imported by each worker."
     )

@@ -15,48 +15,13 @@ import httpx
 import pytest
 from fpdf import FPDF
 
-from chatplane.settings import KnowledgeSettings
 from tests.conftest import (
-    BACKENDS,
     Api,
-    Backend,
     assert_error,
-    scripted_providers,
-    served,
-    tenant,
 )
+from tests.knowledge.conftest import MAX_FILE
 from tests.knowledge.helpers import BASE, create, search, settled
 from tests.knowledge.pages import Page, Site
-
-MAX_FILE = 300_000
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def kb_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, scripted_model) -> Iterator[Backend]:
-    """A server whose URL sources may be on loopback (the test site), with small limits to test against."""
-    limits = KnowledgeSettings(max_file_bytes=MAX_FILE, max_upload_bytes=2_000_000, max_files=4, fetch_timeout_s=1.5,
-                               max_redirects=2)
-    with served(request.param, tmp_path_factory.mktemp(f"kb-{request.param}"), allow_private_networks=True,
-                knowledge=limits, providers=scripted_providers(scripted_model)) as backend:
-        yield backend
-
-
-@pytest.fixture
-def kb(kb_backend: Backend) -> Iterator[Api]:
-    with tenant(kb_backend, "kb") as client:
-        yield client
-
-
-@pytest.fixture
-def kb_other(kb_backend: Backend) -> Iterator[Api]:
-    with tenant(kb_backend, "kb-other") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    with Site() as s:
-        yield s
 
 
 def pdf_bytes(*pages: str) -> bytes:

@@ -6,7 +6,6 @@ text, for an SMS chat) and ends the chat (``lifecycle.finish_chat``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -79,12 +78,7 @@ async def queue_idle_chats(services: Any, *, now: datetime | None = None) -> int
 
 
 async def run_monitor(services: Any) -> None:
-    while True:
-        try:
-            await queue_idle_chats(services)
-        except Exception:  # keep monitoring through a database hiccup
-            log.exception("idle-chat monitor pass failed")
-        await asyncio.sleep(services.settings.jobs.monitor_s)
+    await jobs.monitor(services, queue_idle_chats, "idle-chat")
 
 
 @jobs.handler(AUTO_CLOSE_JOB)

@@ -83,6 +83,8 @@ async def index_source(context: jobs.JobContext, payload: dict[str, Any]) -> Non
         now = utcnow()
         if failure is not None:
             current.status, current.error_message = "error", failure
+            if current.type == "url":  # tried: the refresh monitor waits a period before the next try
+                current.refreshed_at = now
         else:
             if not unchanged:
                 await service.drop_chunks(session, base, current.id)

@@ -74,7 +74,9 @@ class SourceOut(StrictModel):
     error_message: str | None = Field(default=None, description="Why the last indexing failed (`status: error`).")
     chunk_count: int
     indexed_at: datetime | None
-    refreshed_at: datetime | None = Field(description="URL sources: when the page was last fetched.")
+    refreshed_at: datetime | None = Field(
+        description="URL sources: when the page was last fetched (a fetch that failed too: `error_message` says why)."
+    )
 
 
 class KnowledgeBaseOut(StrictModel):

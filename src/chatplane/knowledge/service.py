@@ -103,11 +103,12 @@ async def add_sources(
 ) -> KnowledgeBase:
     base = await get_base(session, workspace_id=workspace_id, knowledge_base_id=knowledge_base_id, for_update=True)
     if await _add(session, base, texts, urls, files):
-        _refreshing(base)
+        refreshing(base)
     return base
 
 
-def _refreshing(base: KnowledgeBase) -> None:
+def refreshing(base: KnowledgeBase) -> None:
+    """The knowledge base is being re-indexed (what it held stays searchable)."""
     if base.status != "in_progress":
         base.status = "refreshing_in_progress"
     base.updated_at = utcnow()
@@ -139,11 +140,13 @@ async def _add(
     return len(sources)
 
 
-async def queue_index(session: AsyncSession, knowledge_base_id: str, source_id: str) -> None:
+async def queue_index(
+    session: AsyncSession, knowledge_base_id: str, source_id: str, *, dedupe_key: str | None = None
+) -> None:
     # One knowledge base's sources are indexed one at a time, in order: the
     # term counts of a knowledge base are only ever changed by one job.
     await jobs.enqueue(session, INDEX_JOB, {"source_id": source_id}, ordering_key=f"knowledge:{knowledge_base_id}",
-                       max_attempts=3)
+                       dedupe_key=dedupe_key, max_attempts=3)
 
 
 async def list_bases(session: AsyncSession, *, workspace_id: int, page: PageRequest) -> tuple[list[KnowledgeBase], str | None]:
@@ -200,7 +203,7 @@ async def refresh_source(
         raise Conflict(f"source {source_id} is a {source.type}, not a URL: there is nothing to fetch again",
                        code="not_a_url_source")
     source.status = PENDING
-    _refreshing(base)
+    refreshing(base)
     await queue_index(session, base.id, source.id)
     return base
 
