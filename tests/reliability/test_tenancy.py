@@ -21,6 +21,7 @@ import pytest
 from chatplane.testing import Reply, ScriptedModel
 from tests.chat_helpers import make_agent, make_chat, make_llm, say
 from tests.conftest import Api
+from tests.knowledge.helpers import settled
 from tests.test_every_route import OPERATIONS
 
 pytestmark = pytest.mark.reliability
@@ -49,10 +50,16 @@ def _world(api: Api, model: ScriptedModel) -> dict[str, str]:
         "nickname": f"{SECRET}-phone",
     }))
     [delivery] = _ok(api.get("/api/webhook-deliveries", chatId=chat["chatId"]))["data"]
+    kb = _ok(api.post("/api/knowledge-bases", {
+        "knowledge_base_name": "secrets", "knowledge_base_texts": [{"title": f"{SECRET}-title", "text": f"{SECRET}-text"}],
+    }))
+    settled(api, kb["knowledge_base_id"])
+    _ok(api.patch(f"/api/llms/{llm['llm_id']}", {"knowledge_base_ids": [kb["knowledge_base_id"]]}))
     webhook_key = _ok(api.http.get(f"/api/workspaces/{api.ws}/webhook-key"))["webhook_key"]
     return {
         "llm_id": llm["llm_id"], "agent_id": agent["agent_id"], "chat_id": chat["chatId"],
         "phone_number": phone["phone_number"], "delivery_id": delivery["id"],
+        "knowledge_base_id": kb["knowledge_base_id"], "source_id": kb["knowledge_base_sources"][0]["source_id"],
         "workspace_id": str(api.ws), "webhook_key": webhook_key, "api_key": api.key,
         "twilio_token": TWILIO_TOKEN, "secret": SECRET,
     }
@@ -71,13 +78,15 @@ def _snapshot(api: Api, ids: dict[str, str]) -> dict[str, Any]:
         "delivery": {k: v for k, v in _ok(api.get(f"/api/webhook-deliveries/{ids['delivery_id']}")).items()
                      if k != "attempts"},  # refused attempts may still be recorded
         "webhook_key": _ok(api.http.get(f"/api/workspaces/{api.ws}/webhook-key")),
+        "knowledge_base": _ok(api.get(f"/api/knowledge-bases/{ids['knowledge_base_id']}")),
+        "chunks": _ok(api.get(f"/api/knowledge-bases/{ids['knowledge_base_id']}/sources/{ids['source_id']}/chunks")),
     }
 
 
 def _body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any]:
     """A valid body for the route, naming A's things wherever it names anything."""
     bodies: dict[tuple[str, str], dict[str, Any]] = {
-        ("POST", "/api/llms"): {"display_name": "b"},
+        ("POST", "/api/llms"): {"display_name": "b", "knowledge_base_ids": [ids["knowledge_base_id"]]},
         ("PATCH", "/api/llms/{llm_id}"): {"display_name": "b"},
         ("POST", "/api/chat-agents"): {
             "agent_name": "b", "response_engine": {"type": "uponai-llm", "llm_id": ids["llm_id"]},
@@ -93,6 +102,11 @@ def _body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any]:
         ("PATCH", "/api/phone-numbers/{phone_number}"): {"nickname": "b"},
         ("POST", "/api/chats/sms"): {"from_number": ids["phone_number"], "to_number": "+15550000001"},
         ("POST", "/v3/list-chats"): {"filter_criteria": {"agent": [{"agent_id": ids["agent_id"]}]}},
+        ("POST", "/api/knowledge-bases"): {"knowledge_base_name": "b"},
+        ("POST", "/api/knowledge-bases/{knowledge_base_id}/sources"): {
+            "knowledge_base_texts": [{"title": "b", "text": "b"}],
+        },
+        ("POST", "/api/knowledge-bases/{knowledge_base_id}/search"): {"query": SECRET},
     }
     return bodies.get((method, path), {})
 
@@ -133,6 +147,8 @@ def test_another_workspaces_key_sees_and_changes_nothing(api: Api, other: Api, m
                 assert response.status_code == 404, where  # A's agent / number are not B's
             elif (method, path) == ("POST", "/api/chat-agents"):
                 assert response.status_code in (404, 422), where  # A's LLM is not B's
+            elif (method, path) == ("POST", "/api/llms") and "knowledge_base_ids" in _body(method, path, ids):
+                assert response.status_code == 422, where  # A's knowledge base is not B's
             elif (method, path) == ("POST", "/api/phone-numbers"):
                 # Numbers are unique across workspaces (Twilio posts a number's
                 # texts to one place): taken, without saying by whom.

@@ -1,6 +1,6 @@
 """The tenant that the generated-request tests send their requests to.
 
-Real LLMs, agents, chats (ongoing and ended), phone numbers and webhook
+Real LLMs, agents, chats (ongoing and ended), phone numbers, knowledge bases and webhook
 deliveries, and schemathesis schema hooks that put their ids into generated
 paths, queries and bodies (and the tenant's ``workspaceId`` everywhere), so
 that a generated request reaches the code behind its route. Operations that
@@ -105,6 +105,20 @@ def build_world(backend: Backend, api: Api) -> World:
     texter = agent(llm(begin_message="Hi, by text!"))
     deliveries = [d["id"] for d in api.get("/api/webhook-deliveries").json()["data"]]
     assert deliveries
+
+    def knowledge_base() -> tuple[str, str]:
+        made = _created(api.post("/api/knowledge-bases", {
+            "knowledge_base_name": "fuzz", "knowledge_base_texts": [{"title": "Refunds", "text": "Paid in 14 days."}],
+        }))
+        return made["knowledge_base_id"], made["knowledge_base_sources"][0]["source_id"]
+
+    kbs = [knowledge_base() for _ in range(2)]
+    doomed = [knowledge_base() for _ in range(3)]  # their sources are deleted
+    doomed_by_retell = [knowledge_base() for _ in range(3)]
+    page = _created(api.post("/api/knowledge-bases", {  # never fetched: no worker runs
+        "knowledge_base_name": "fuzz", "knowledge_base_urls": ["https://example.com/faq"],
+    }))
+    page_source = (page["knowledge_base_id"], page["knowledge_base_sources"][0]["source_id"])
     return World(
         backend=backend,
         api=api,
@@ -116,11 +130,22 @@ def build_world(backend: Backend, api: Api) -> World:
             "phone_number": numbers,
             "delivery_id": deliveries,
             "version": [1],
+            "knowledge_base_id": [kb for kb, _ in kbs],
+            "source_id": [source for _, source in kbs],
         },
         ids_of_operation={
             "DELETE /api/llms/{llm_id}": {"llm_id": [main, *(llm() for _ in range(4))]},  # main is in use: 409
             "DELETE /api/chat-agents/{agent_id}": {"agent_id": [agent(main) for _ in range(4)]},
             "DELETE /api/chats/{chat_id}": {"chat_id": chats(hooked, 8)},
+            "POST /api/knowledge-bases/{knowledge_base_id}/sources/{source_id}/refresh": {
+                "knowledge_base_id": [page_source[0]], "source_id": [page_source[1]],
+            },
+            "DELETE /api/knowledge-bases/{knowledge_base_id}/sources/{source_id}": {
+                "knowledge_base_id": [kb for kb, _ in doomed], "source_id": [source for _, source in doomed],
+            },
+            "DELETE /api/knowledge-bases/{knowledge_base_id}": {
+                "knowledge_base_id": [knowledge_base()[0] for _ in range(3)],
+            },
             "POST /api/chats/{chat_id}/end": {"chat_id": chats(hooked, 8)},
             "POST /api/chats/{chat_id}/analysis": {"chat_id": ended},
             "POST /api/chats/{chat_id}/completions": {"chat_id": ongoing},
@@ -131,6 +156,10 @@ def build_world(backend: Backend, api: Api) -> World:
             # The Retell routes: the same resources under Retell's names.
             "DELETE /delete-retell-llm/{llm_id}": {"llm_id": [main, *(llm() for _ in range(4))]},
             "DELETE /delete-chat-agent/{agent_id}": {"agent_id": [agent(main) for _ in range(4)]},
+            "DELETE /delete-knowledge-base-source/{knowledge_base_id}/source/{source_id}": {
+                "knowledge_base_id": [kb for kb, _ in doomed_by_retell],
+                "source_id": [source for _, source in doomed_by_retell],
+            },
             "DELETE /delete-chat/{chat_id}": {"chat_id": chats(hooked, 8)},
             "PATCH /end-chat/{chat_id}": {"chat_id": chats(hooked, 8)},
             "PUT /rerun-chat-analysis/{chat_id}": {"chat_id": ended},

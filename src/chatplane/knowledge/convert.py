@@ -51,6 +51,8 @@ _BY_CONTENT_TYPE = {
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
     "text/html": "html", "text/markdown": "markdown", "text/plain": "text", "text/csv": "csv",
 }
+# What an original of each kind is served back as.
+MEDIA_TYPES = {kind: media for media, kind in _BY_CONTENT_TYPE.items()}
 _WHAT_WE_READ = "send PDF, DOCX, HTML, Markdown, plain text or CSV"
 _TEXT_KINDS = frozenset({"html", "markdown", "text", "csv"})
 _SNIFF_BYTES = 8192  # how much of a text file is looked at for NUL bytes and UTF-8

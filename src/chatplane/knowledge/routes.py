@@ -60,7 +60,8 @@ def body_doc(model: type[BaseModel]) -> dict[str, Any]:
     multipart = {
         "type": "object",
         "properties": {
-            **{name: {"type": "string"} for name in schema["properties"] if name not in JSON_FIELDS},
+            # Each field as its JSON property says (a form sends it as text).
+            **{name: prop for name, prop in schema["properties"].items() if name not in JSON_FIELDS},
             **{name: {"type": "string", "description": "A JSON array."} for name in JSON_FIELDS},
             FILES: {"type": "array", "items": {"type": "string", "format": "binary"}},
         },
@@ -272,14 +273,18 @@ async def list_source_chunks(
     }
 
 
+SERVED_TYPES = {"application/octet-stream": {}, **{media: {} for media in convert.MEDIA_TYPES.values()}}
+
+
 @router.get("/{knowledge_base_id}/sources/{source_id}/content", summary="Download a source's original",
-            response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+            description="As it was given (a text, a file) or last fetched (a page), typed by what it was read as.",
+            response_class=Response, responses={200: {"content": SERVED_TYPES}})
 async def get_source_content(
     knowledge_base_id: str, source_id: str, session: Session, workspace_id: QueryWorkspace
 ) -> Response:
     base = await service.get_base(session, workspace_id=workspace_id, knowledge_base_id=knowledge_base_id)
     source = await service.get_source(session, base, source_id)
-    media = "text/plain; charset=utf-8" if source.type == "text" else (source.content_type or "application/octet-stream")
+    media = _media_type(source)
     name = (source.filename or source.id).encode("ascii", "replace").decode().replace('"', "'")
     # Served as a download that can run nothing: an uploaded HTML page must
     # not become a page of this server's origin.
@@ -287,6 +292,18 @@ async def get_source_content(
         "Content-Disposition": f'attachment; filename="{name}"',
         "Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff",
     })
+
+
+def _media_type(source: KnowledgeSource) -> str:
+    """The type the original is served as: what it was read as, never a type a client made up."""
+    if source.type == "text":
+        return "text/plain; charset=utf-8"
+    name = source.filename or (source.url or "").rsplit("?", 1)[0].rsplit("/", 1)[-1]
+    try:
+        kind = convert.kind_of(name if "." in name else "", source.content_type or "text/html", source.original or b"")
+    except convert.Unsupported:
+        return "application/octet-stream"
+    return convert.MEDIA_TYPES[kind] + ("; charset=utf-8" if kind in ("markdown", "text", "csv") else "")
 
 
 @router.post("/{knowledge_base_id}/search", response_model=SearchOut, summary="Try a query",
