@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import statistics
 import subprocess
@@ -46,13 +45,13 @@ from harness import (
     Conn,
     Stub,
     Target,
-    clean_env,
     free_port,
     fresh_database,
     level_line,
     ms,
     pct,
     run_levels,
+    server_env,
     start,
     stop,
     stub,
@@ -67,14 +66,8 @@ async def chatplane(model: Stub, *, db: str, tmp: Path, pg_url: str, workers: in
                     jobs: bool = True) -> AsyncIterator[Target]:
     """``chatplane serve`` on a fresh database, with an LLM and an agent on the stub."""
     async with fresh_database(db, tmp, pg_url, "chatplane_bench") as url:
-        env = clean_env()
-        env.update(
-            CHATPLANE_DATA_DIR=str(tmp / "chatplane"),
-            CHATPLANE_BOOTSTRAP_API_KEY=KEY,
-            CHATPLANE_PROVIDERS=json.dumps([{"name": "stub", "base_url": model.url, "models": [{"name": MODEL}]}]),
-        )
-        if db == "postgresql":
-            env["CHATPLANE_DATABASE_URL"] = url
+        env = server_env(model.url, data_dir=tmp / "chatplane", key=KEY,
+                         database_url=url if db == "postgresql" else None)
         if not jobs:
             env["CHATPLANE_JOBS__IN_SERVER"] = "false"
         port = free_port()

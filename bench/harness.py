@@ -131,6 +131,20 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CHATPLANE_")}
 
 
+def server_env(model_url: str, *, data_dir: Path, key: str, database_url: str | None) -> dict[str, str]:
+    """``chatplane serve``'s environment: its data directory, a bootstrap key, the stub as its one
+    model, and a PostgreSQL URL (None: the SQLite file in the data directory)."""
+    env = clean_env()
+    env.update(
+        CHATPLANE_DATA_DIR=str(data_dir),
+        CHATPLANE_BOOTSTRAP_API_KEY=key,
+        CHATPLANE_PROVIDERS=json.dumps([{"name": "stub", "base_url": model_url, "models": [{"name": MODEL}]}]),
+    )
+    if database_url is not None:
+        env["CHATPLANE_DATABASE_URL"] = database_url
+    return env
+
+
 async def wait_up(url: str, process: subprocess.Popen | None = None, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     async with httpx.AsyncClient() as client:
