@@ -17,6 +17,7 @@ from chatplane.providers.embedded import EmbeddedModel
 from chatplane.settings import EmbeddedModelSettings
 from tests.chat_helpers import make_agent, make_chat, say
 from tests.conftest import Api
+from tests.knowledge.helpers import settled
 
 
 def _embedded_agent(api: Api) -> dict:
@@ -122,3 +123,30 @@ def test_a_cancelled_stream_stops_its_thread_before_the_next_generation_starts()
     assert asyncio.run(main()) == "ok"
     assert fake.most_at_once == 1
     assert fake.streamed < 100, fake.streamed  # stopped, not run to its 300 chunks
+
+
+def test_the_embedded_model_is_given_the_chunk_that_answers_and_its_manifest_names_it(api: Api) -> None:
+    """A question only the knowledge base can answer: the reply's manifest names
+    the chunk that holds the answer, and the model was given it (wording not asserted)."""
+    answer = "The Zorblat 3000 blender has a warranty of 7 years."
+    made = api.post("/api/knowledge-bases", {"knowledge_base_name": "Products", "knowledge_base_texts": [
+        {"title": "Zorblat 3000", "text": answer},
+        {"title": "Opening hours", "text": "The shop is open from 9 to 17 on weekdays."},
+    ]}).json()
+    settled(api, made["knowledge_base_id"])
+    llm = api.post("/api/llms", {"display_name": "local", "general_prompt": "You are a shop assistant.",
+                                 "knowledge_base_ids": [made["knowledge_base_id"]],
+                                 "kb_config": {"top_k": 1, "filter_score": 0.3}}).json()
+    chat = make_chat(api, make_agent(api, llm))
+    response = say(api, chat["chatId"], "How many years of warranty does the Zorblat 3000 blender have?")
+    assert response.status_code == 201, response.text
+    [message] = response.json()["messages"]
+    assert message["content"].strip()
+    [chunk] = message["manifest"]["retrieval"]["chunks"]
+    zorblat = next(s for s in made["knowledge_base_sources"] if s["title"] == "Zorblat 3000")
+    assert chunk["sourceId"] == zorblat["source_id"] and chunk["text"] == answer
+    model = message["manifest"]["model"]
+    assert model["name"] == api.backend.settings.embedded.name
+    # The model's own count of the prompt holds the knowledge block: more than the question alone.
+    knowledge = next(s for s in message["manifest"]["prompt"]["sections"] if s["name"] == "knowledge")
+    assert model["promptTokens"] > knowledge["estimatedTokens"] > 0 and model["completionTokens"] > 0
