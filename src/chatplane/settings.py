@@ -264,8 +264,9 @@ class Settings(BaseSettings):
     allow_private_networks: bool = Field(
         default=False,
         description=(
-            "Let custom tools and webhooks call loopback, private, link-local and reserved addresses "
-            "(off: such calls are refused, so a tenant's URL cannot reach the server's own network)."
+            "Let custom tools, webhooks and knowledge-base URL sources reach loopback, private, link-local "
+            "and reserved addresses (off: such calls are refused, so a tenant's URL cannot reach the "
+            "server's own network)."
         ),
     )
 
