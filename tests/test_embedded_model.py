@@ -150,3 +150,16 @@ def test_the_embedded_model_is_given_the_chunk_that_answers_and_its_manifest_nam
     # The model's own count of the prompt holds the knowledge block: more than the question alone.
     knowledge = next(s for s in message["manifest"]["prompt"]["sections"] if s["name"] == "knowledge")
     assert model["promptTokens"] > knowledge["estimatedTokens"] > 0 and model["completionTokens"] > 0
+
+
+def test_the_embedded_model_embeds_texts_as_vectors_of_one_size() -> None:
+    """What dense retrieval runs on where no provider is configured: weak (a chat
+    model, mean-pooled), so this checks the shape and that a text is its own nearest."""
+    model = EmbeddedModel(EmbeddedModelSettings())
+    texts = ["how do I list files newest first", "sort by modification time, newest first",
+             "the warranty lasts 36 months", "x " * 3000]  # the last is longer than the embedder's context
+    vectors = asyncio.run(model.embed("embedded", texts))
+    assert len(vectors) == len(texts) and len({len(v) for v in vectors}) == 1 and len(vectors[0]) > 100
+    assert all(all(isinstance(x, float) and x == x for x in v) for v in vectors)  # no NaN
+    again = asyncio.run(model.embed("embedded", texts[:1]))
+    assert again[0] == vectors[0]

@@ -70,6 +70,7 @@ async def start(settings: Settings, *, worker: bool) -> Services:
         turns=Turns(
             engine, registry, TurnLocks(engine, lock_file=lock_file),
             http=http, allow_private_networks=settings.allow_private_networks,
+            embedding_model=settings.knowledge.embedding_model,
         ),
         principals=PrincipalCache(engine, settings.auth_cache_s),
         http=http,

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -146,6 +146,12 @@ class KnowledgeSettings(BaseModel):
     )
     refresh_s: float = Field(
         default=86_400.0, gt=0, description="How often URL sources of auto-refreshing knowledge bases are fetched again."
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="A model of the registry (a provider's, or the embedded one) whose `/embeddings` vectors "
+        "chunks and queries get, for dense retrieval fused with full-text search; unset: full-text only. "
+        "Chunks indexed before it was set, or with another model, are found by full-text search alone.",
     )
 
 
@@ -313,6 +319,14 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _known_embedding_model(self) -> Settings:
+        model = self.knowledge.embedding_model
+        if model is not None and model not in self.model_names:
+            raise ValueError(f"knowledge.embedding_model {model!r} is not a model of the registry: "
+                             f"{', '.join(sorted(self.model_names))}")
+        return self
 
     @cached_property
     def model_names(self) -> frozenset[str]:

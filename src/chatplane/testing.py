@@ -1,7 +1,8 @@
 """A scripted OpenAI-protocol server on loopback, for tests and benchmarks.
 
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) to serve
-``POST /v1/chat/completions``, plain or streamed, and answers each request
+``POST /v1/chat/completions``, plain or streamed (and ``POST /v1/embeddings``,
+with deterministic vectors), and answers each completion request
 with the next step of its script, or with its default reply when the script
 is empty. Steps can also fail in every way a real provider does: an HTTP
 error (with ``Retry-After``), a hang, a connection reset, a stream cut short,
@@ -14,7 +15,10 @@ the benchmark's "zero-latency model" costs as little as possible.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
+import re
 import threading
 import time
 from collections import deque
@@ -88,6 +92,12 @@ class ScriptedModel:
         self.structured_default: Step = Reply("not json")
         self.structured_script: deque[Step] = deque()
         self.structured_requests: list[dict[str, Any]] = []
+        # /v1/embeddings: deterministic vectors (``toy_embedding``), where
+        # the words of ``synonyms`` count as the word they map to; the inputs
+        # it was sent; and a status to fail with instead (0: answer).
+        self.synonyms: dict[str, str] = {}
+        self.embedded: list[str] = []
+        self.embeddings_fail = 0
         self._lock = threading.Lock()
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,6 +120,9 @@ class ScriptedModel:
             self.requests.clear()
             self.structured_script.clear()
             self.structured_requests.clear()
+            self.synonyms.clear()
+            self.embedded.clear()
+            self.embeddings_fail = 0
 
     def _next(self, body: dict[str, Any]) -> Step:
         structured = "response_format" in body
@@ -171,6 +184,9 @@ class ScriptedModel:
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if method == "POST" and path.endswith("/embeddings"):
+                    await self._embeddings(json.loads(body or b"{}"), writer)
+                    continue
                 if method != "POST" or not path.endswith("/chat/completions"):
                     await _respond(writer, 404, {"error": {"message": f"no route {method} {path}"}})
                     continue
@@ -181,6 +197,20 @@ class ScriptedModel:
             pass
         finally:
             writer.close()
+
+    async def _embeddings(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        texts = request.get("input", [])
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        with self._lock:
+            self.embedded.extend(texts)
+            fail, synonyms = self.embeddings_fail, dict(self.synonyms)
+        if fail:
+            await _respond(writer, fail, {"error": {"message": "scripted embeddings failure", "type": "scripted"}})
+            return
+        data = [{"object": "embedding", "index": i, "embedding": toy_embedding(t, synonyms)} for i, t in enumerate(texts)]
+        tokens = sum(len(t.split()) for t in texts)
+        await _respond(writer, 200, {"object": "list", "data": data, "model": request.get("model", "scripted"),
+                                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _answer(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must be dropped."""
@@ -229,6 +259,22 @@ class ScriptedModel:
         await _chunk(writer, b"data: [DONE]\n\n")
         await _chunk(writer, b"")
         return True
+
+
+EMBEDDING_DIMS = 64
+
+
+def toy_embedding(text: str, synonyms: dict[str, str] | None = None) -> list[float]:
+    """A unit vector of ``text``'s words: each word (after ``synonyms``) adds
+    +-1 on four dimensions its SHA-256 picks. Texts sharing words point alike;
+    the same text always gets the same vector."""
+    vector = [0.0] * EMBEDDING_DIMS
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.sha256((synonyms or {}).get(word, word).encode()).digest()
+        for k in range(4):
+            vector[digest[k] % EMBEDDING_DIMS] += 1.0 if digest[k + 4] & 1 else -1.0
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
 
 
 def _words(text: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from chatplane import auth
 from chatplane.db import create_engine, create_sessionmaker, migrate, transaction
 from chatplane.knowledge import service
-from chatplane.knowledge.search import Query, search
+from chatplane.knowledge.search import Query, fuse, search
 from chatplane.knowledge.terms import terms
 from chatplane.settings import Settings
 from tests.conftest import BACKENDS, dispose_settings, fresh_settings
@@ -124,3 +125,35 @@ def test_earlier_messages_count_half(results: dict[str, Any]) -> None:
 def test_query_terms_and_weights() -> None:
     query = Query.of("Refunding it?", earlier=["my refund", "the premium plan"])
     assert query.weights == {"refund": 1.0, "it": 1.0, "my": 0.5, "the": 0.5, "premium": 0.5, "plan": 0.5}
+
+
+# --- fusion (knowledge.search.fuse): a pure function --------------------------------
+
+
+def _row(chunk_id: int) -> Any:
+    return SimpleNamespace(id=chunk_id, knowledge_base_id="kb", source_id="s", position=chunk_id, title="",
+                           text=f"chunk {chunk_id}", source_title="", source_url=None)
+
+
+def test_fusion_ranks_by_reciprocal_rank_and_scores_by_the_better_score() -> None:
+    rows = {i: _row(i) for i in range(1, 6)}
+    shares = {1: 1.4, 2: 0.9, 3: 0.2, 4: 0.0, 5: 0.0}  # full-text: 1 > 2 > 3
+    cosines = {3: 0.8, 2: 0.7, 4: 0.1}  # dense: 3 > 2 > 4
+    hits = fuse(rows, shares, cosines, top_k=10, filter_score=0.0)
+    # 2 is second in both (1/62 + 1/62); 1 first in one (1/61); 3 third and first (1/63 + 1/61).
+    expected = {1: 1 / 61, 2: 2 / 62, 3: 1 / 63 + 1 / 61, 4: 1 / 63}
+    assert [h.chunk_id for h in hits] == sorted(expected, key=lambda c: -expected[c])
+    by_id = {h.chunk_id: h for h in hits}
+    assert by_id[1].score == 1.0 and by_id[1].full_text == 1.0 and by_id[1].dense is None  # capped share
+    assert by_id[3].score == 0.8 and by_id[3].full_text == 0.2 and by_id[3].dense == 0.8
+    assert 5 not in by_id  # neither ranking found it
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+
+
+def test_fusion_filters_on_the_better_score_then_cuts_at_top_k() -> None:
+    rows = {i: _row(i) for i in range(1, 5)}
+    shares = {1: 0.5, 2: 0.1}
+    cosines = {2: 0.65, 3: 0.2, 4: 0.61}
+    kept = fuse(rows, shares, cosines, top_k=10, filter_score=0.6)
+    assert {h.chunk_id for h in kept} == {2, 4}
+    assert [h.chunk_id for h in fuse(rows, shares, cosines, top_k=1, filter_score=0.0)] == [2]

@@ -68,13 +68,16 @@ class ManifestChunk(BaseModel):
     position: int
     title: str
     text: str = Field(description="As it was given to the model (kept when the source changes or is deleted).")
-    score: float = Field(description="0..1, the scale of `kb_config.filter_score`.")
+    score: float = Field(description="0..1, the scale of `kb_config.filter_score`: the better of the two below.")
+    fullTextScore: float = Field(description="The full-text score, 0..1.")
+    denseScore: float | None = Field(description="The cosine similarity, 0..1; null without an embeddings model.")
     rank: int
 
 
 class ManifestRetrieval(BaseModel):
     knowledgeBaseIds: list[str]
     earlierMessages: int = Field(description="Messages before the user's that joined the query at half weight.")
+    embeddingModel: str | None = Field(description="Dense retrieval fused in with this model; null: full-text only.")
     tookMs: float
     chunks: list[ManifestChunk] = Field(description="Best first; empty when nothing reached `filter_score`.")
 

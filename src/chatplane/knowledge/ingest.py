@@ -34,10 +34,11 @@ import httpx
 
 from chatplane import jobs, outbound
 from chatplane.db import transaction, utcnow
-from chatplane.knowledge import convert, service
+from chatplane.knowledge import convert, dense, service
 from chatplane.knowledge.chunking import chunk_text
 from chatplane.knowledge.terms import terms
 from chatplane.models import KnowledgeBase, KnowledgeSource
+from chatplane.providers import ProviderError
 from chatplane.settings import KnowledgeSettings
 
 USER_AGENT = "chatplane-knowledge"
@@ -75,6 +76,9 @@ async def index_source(context: jobs.JobContext, payload: dict[str, Any]) -> Non
         failure = None
     except SourceFailed as exc:
         failure = str(exc)
+    # Vectors, when an embeddings model is configured; without them the
+    # chunks are still found by full-text search, and the source says so.
+    notice = await _embedded(services, chunks) if failure is None else None
     async with transaction(context.sessions) as session:
         base = await session.get(KnowledgeBase, source.knowledge_base_id, with_for_update=True)
         current = await session.get(KnowledgeSource, source_id, with_for_update=True)
@@ -96,9 +100,23 @@ async def index_source(context: jobs.JobContext, payload: dict[str, Any]) -> Non
                 current.original, current.content_type = extracted.original, extracted.content_type
                 current.file_size = len(extracted.original or b"")
                 base.last_refreshed_at = now
-            current.status, current.error_message = "complete", None
+            current.status, current.error_message = "complete", notice
         await session.flush()
         await service.settle(session, base)
+
+
+async def _embedded(services: Any, chunks: list[dict[str, Any]]) -> str | None:
+    """Give ``chunks`` their vectors; what went wrong, if anything (the chunks are kept without)."""
+    model = services.settings.knowledge.embedding_model
+    if model is None or not chunks:
+        return None
+    try:
+        vectors = await dense.embed(services.registry, model, [f"{c['title']}\n{c['text']}" for c in chunks])
+    except ProviderError as exc:
+        return f"indexed for full-text search only: the embeddings model failed: {exc}"
+    for chunk, vector in zip(chunks, vectors, strict=True):
+        chunk["embedding"], chunk["embedding_model"] = dense.packed(vector), model
+    return None
 
 
 def _chunk_rows(extracted: Extracted, source: KnowledgeSource, min_chars: int, max_chars: int) -> list[dict[str, Any]]:
@@ -108,6 +126,7 @@ def _chunk_rows(extracted: Extracted, source: KnowledgeSource, min_chars: int, m
         rows.append({
             "knowledge_base_id": source.knowledge_base_id, "source_id": source.id, "position": chunk.position,
             "title": chunk.title, "text": chunk.text, "terms": " ".join(words), "term_count": len(words),
+            "embedding": None, "embedding_model": None,
         })
     return rows
 

@@ -12,13 +12,19 @@ delimiters cannot be closed from inside.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatplane.knowledge.dense import Query as DenseQuery
+from chatplane.knowledge.dense import unit
 from chatplane.knowledge.search import Hit, Query, search
+from chatplane.providers import ProviderError, Registry
+
+log = logging.getLogger(__name__)
 
 # Messages before the user's new one whose words join the query (at half weight).
 EARLIER = 4
@@ -33,6 +39,7 @@ class Retrieval:
     earlier: int  # how many messages before it joined the query
     hits: list[Hit]
     took_ms: float
+    embedding_model: str | None = None  # dense retrieval fused in, with this model
 
 
 def turn_query(history: list[dict[str, Any]], asked: str) -> tuple[Query, int]:
@@ -45,10 +52,13 @@ def turn_query(history: list[dict[str, Any]], asked: str) -> tuple[Query, int]:
 
 
 class Retriever:
-    """Searches the knowledge bases of a turn's LLM, on its own connection."""
+    """Searches the knowledge bases of a turn's LLM, on its own connection;
+    with dense retrieval fused in when an embeddings model is configured."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, registry: Registry | None = None, embedding_model: str | None = None) -> None:
         self.engine = engine
+        self.registry = registry
+        self.embedding_model = embedding_model
 
     async def retrieve(self, llm_config: dict[str, Any], history: list[dict[str, Any]], asked: str) -> Retrieval | None:
         """None when the LLM names no knowledge base."""
@@ -58,11 +68,31 @@ class Retriever:
         kb_config = llm_config.get("kb_config") or {}
         query, earlier = turn_query(history, asked)
         started = time.perf_counter()
+        vector = await self.query_vector(asked, _last_spoken(history))
         async with self.engine.connect() as conn:
             hits = await search(conn, ids, query, top_k=kb_config.get("top_k", 3),
-                                filter_score=kb_config.get("filter_score", 0.6))
+                                filter_score=kb_config.get("filter_score", 0.6), dense=vector)
         took = (time.perf_counter() - started) * 1000
-        return Retrieval(ids, asked, earlier, hits, round(took, 3))
+        return Retrieval(ids, asked, earlier, hits, round(took, 3), vector.model if vector else None)
+
+    async def query_vector(self, text: str, before: str = "") -> DenseQuery | None:
+        """The query's vector (with the message before it, for "it"); None
+        without an embeddings model, or when it fails (full-text only then)."""
+        if self.embedding_model is None or self.registry is None:
+            return None
+        try:
+            [vector] = await self.registry.embed(self.embedding_model, [f"{before}\n{text}" if before else text])
+        except ProviderError:
+            log.warning("embeddings model %s failed: searching by full text only", self.embedding_model)
+            return None
+        return DenseQuery(unit(vector), self.embedding_model)
+
+
+def _last_spoken(history: list[dict[str, Any]]) -> str:
+    for message in reversed(history):
+        if message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str):
+            return message["content"]
+    return ""
 
 
 OPEN, CLOSE = "<knowledge>", "</knowledge>"
@@ -103,6 +133,6 @@ def manifest_chunks(hits: list[Hit]) -> list[dict[str, Any]]:
     return [
         {"knowledgeBaseId": h.knowledge_base_id, "sourceId": h.source_id, "sourceTitle": h.source_title,
          "sourceUrl": h.source_url, "chunkId": h.chunk_id, "position": h.position, "title": h.title,
-         "text": h.text, "score": h.score, "rank": h.rank}
+         "text": h.text, "score": h.score, "fullTextScore": h.full_text, "denseScore": h.dense, "rank": h.rank}
         for h in hits
     ]

@@ -311,13 +311,14 @@ def _media_type(source: KnowledgeSource) -> str:
              "`kb_config.filter_score`; docs/knowledge.md says how it is computed).",
              responses=error_responses(413))
 async def search_knowledge_base(
-    knowledge_base_id: str, body: SearchIn, session: Session, principal: CurrentPrincipal
+    knowledge_base_id: str, body: SearchIn, request: Request, session: Session, principal: CurrentPrincipal
 ) -> dict:
     base = await service.get_base(
         session, workspace_id=principal.require(body.workspace_id), knowledge_base_id=knowledge_base_id)
     started = time.perf_counter()
+    vector = await request.app.state.services.turns.retriever.query_vector(body.query)
     hits = await search(session, [base.id], SearchQuery.of(body.query), top_k=body.top_k,
-                        filter_score=body.filter_score)
+                        filter_score=body.filter_score, dense=vector)
     took = (time.perf_counter() - started) * 1000
     return {"chunks": [hit_out(hit) for hit in hits], "took_ms": round(took, 3)}
 
@@ -326,5 +327,6 @@ def hit_out(hit: Any) -> dict[str, Any]:
     return {
         "chunk_id": hit.chunk_id, "knowledge_base_id": hit.knowledge_base_id, "source_id": hit.source_id,
         "position": hit.position, "title": hit.title, "text": hit.text, "score": hit.score, "rank": hit.rank,
-        "source_title": hit.source_title, "source_url": hit.source_url,
+        "source_title": hit.source_title, "source_url": hit.source_url, "full_text_score": hit.full_text,
+        "dense_score": hit.dense,
     }

@@ -108,7 +108,10 @@ class Hit(StrictModel):
     position: int
     title: str
     text: str
-    score: float = Field(description="0..1, the scale `kb_config.filter_score` is on (docs/knowledge.md).")
+    score: float = Field(description="0..1, the scale `kb_config.filter_score` is on (docs/knowledge.md): "
+                         "the better of `full_text_score` and `dense_score`.")
+    full_text_score: float = Field(description="The full-text score, 0..1.")
+    dense_score: float | None = Field(description="The cosine similarity, 0..1; null without an embeddings model.")
     rank: int = Field(description="1 for the best.")
     source_title: str = Field(description="The source's title: a text's title, a file's name, a page's title.")
     source_url: str | None = Field(description="URL sources: the page.")

@@ -32,10 +32,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from chatplane.knowledge.dense import CACHE as dense_cache
+from chatplane.knowledge.dense import Query as DenseQuery
 from chatplane.knowledge.terms import terms
 from chatplane.models import (
     KnowledgeBase,
@@ -45,6 +48,7 @@ from chatplane.models import (
 )
 
 K1 = 1.2
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 B = 0.75
 CANDIDATES = 50
 COMMON = 0.5
@@ -84,56 +88,112 @@ class Hit:
     rank: int
     source_title: str = ""  # a text's title, a file's name, a page's title
     source_url: str | None = None
+    full_text: float = 0.0  # the full-text share, capped at 1
+    dense: float | None = None  # the cosine similarity, when dense retrieval ran
 
 
 async def search(
     db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], query: Query, *, top_k: int,
-    filter_score: float = 0.0,
+    filter_score: float = 0.0, dense: DenseQuery | None = None,
 ) -> list[Hit]:
-    """The ``top_k`` best chunks scoring at least ``filter_score``, best first."""
-    if not knowledge_base_ids or not query.weights:
+    """The ``top_k`` best chunks scoring at least ``filter_score``, best first;
+    full-text alone, or fused with ``dense`` (``fuse``)."""
+    if not knowledge_base_ids or (not query.weights and dense is None):
         return []
-    chunks, lengths = (await db.execute(
-        select(func.coalesce(func.sum(KnowledgeBase.chunk_count), 0), func.coalesce(func.sum(KnowledgeBase.term_count), 0))
+    bases = (await db.execute(
+        select(KnowledgeBase.id, KnowledgeBase.updated_at, KnowledgeBase.chunk_count, KnowledgeBase.term_count)
         .where(KnowledgeBase.id.in_(knowledge_base_ids))
-    )).one()
+    )).all()
+    chunks = sum(b.chunk_count for b in bases)
     if not chunks:
         return []
+    scorer = await _scorer(db, knowledge_base_ids, query, chunks, sum(b.term_count for b in bases))
+    rows = {row.id: row for row in await _candidates(db, knowledge_base_ids, scorer.matched)} if scorer else {}
+    shares = {chunk_id: scorer.share(row) for chunk_id, row in rows.items()} if scorer else {}
+    nearest = await dense_cache.nearest(db, bases, dense, CANDIDATES) if dense is not None else []
+    if nearest:
+        unseen = [chunk_id for chunk_id, _ in nearest if chunk_id not in rows]
+        for row in await _rows(db, unseen):
+            rows[row.id] = row
+            shares[row.id] = scorer.share(row) if scorer else 0.0
+        return fuse(rows, shares, dict(nearest), top_k=top_k, filter_score=filter_score)
+    scored = [(share, row) for chunk_id, share in shares.items() if share > 0 and share >= filter_score
+              for row in (rows[chunk_id],)]
+    # Ranked by the share before the cap: of two chunks that both answer
+    # all of the question, the one that says more of it comes first.
+    scored.sort(key=lambda pair: (-pair[0], pair[1].id))
+    return [_hit(row, rank, min(1.0, share), min(1.0, share), None) for rank, (share, row) in
+            enumerate(scored[:top_k], start=1)]
+
+
+def fuse(rows: dict[int, Any], shares: dict[int, float], cosines: dict[int, float], *, top_k: int,
+         filter_score: float) -> list[Hit]:
+    """Full-text and dense rankings as one: reciprocal rank fusion (each chunk
+    scores the sum of 1 / (``RRF_K`` + its rank) in each ranking that has it).
+    A chunk's score on the 0..1 scale is the better of its two: its full-text
+    share (capped at 1) and its cosine similarity, so ``filter_score`` keeps a
+    chunk that either ranking finds relevant enough."""
+    fused: dict[int, float] = {}
+    lexical = sorted((c for c in shares if shares[c] > 0), key=lambda c: (-shares[c], c))
+    semantic = sorted(cosines, key=lambda c: (-cosines[c], c))
+    for ranking in (lexical, semantic):
+        for rank, chunk_id in enumerate(ranking, start=1):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    kept = []
+    for chunk_id in sorted(fused, key=lambda c: (-fused[c], c)):
+        full_text, cosine = min(1.0, shares.get(chunk_id, 0.0)), cosines.get(chunk_id)
+        score = max(full_text, cosine or 0.0)
+        if score > 0 and score >= filter_score and chunk_id in rows:
+            kept.append((rows[chunk_id], score, full_text, cosine))
+    return [_hit(row, rank, score, full_text, cosine)
+            for rank, (row, score, full_text, cosine) in enumerate(kept[:top_k], start=1)]
+
+
+def _hit(row: Any, rank: int, score: float, full_text: float, dense: float | None) -> Hit:
+    return Hit(row.id, row.knowledge_base_id, row.source_id, row.position, row.title, row.text, round(score, 4), rank,
+               row.source_title, row.source_url, round(full_text, 4), None if dense is None else round(dense, 4))
+
+
+@dataclass(frozen=True, slots=True)
+class _Scorer:
+    """BM25 over the knowledge bases' term counts, as a share of the query's weight."""
+
+    weights: dict[str, float]
+    idf: dict[str, float]
+    reference: float
+    average: float
+    matched: list[str]  # the terms the candidate search looks for
+
+    def share(self, row: Any) -> float:
+        counts = Counter(row.terms.split())
+        norm = K1 * (1 - B + B * row.term_count / self.average)
+        value = sum(
+            self.weights[t] * self.idf[t] * counts[t] * (K1 + 1) / (counts[t] + norm)
+            for t in self.idf if counts[t]
+        )
+        return value / self.reference
+
+
+async def _scorer(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], query: Query, chunks: int,
+                  lengths: int) -> _Scorer | None:
+    """None when no chunk holds any of the query's terms."""
     wanted = sorted(query.weights, key=lambda t: -query.weights[t])[:MAX_QUERY_TERMS]
+    if not wanted:
+        return None
     held = dict((await db.execute(
         select(KnowledgeTerm.term, func.sum(KnowledgeTerm.chunks))
         .where(KnowledgeTerm.knowledge_base_id.in_(knowledge_base_ids), KnowledgeTerm.term.in_(wanted))
         .group_by(KnowledgeTerm.term)
     )).all())
     if not held:
-        return []
+        return None
     idf = {term: _idf(chunks, n) for term, n in held.items()}
     # A term no chunk holds (a typo, a word the documents do not use) counts
     # as if one chunk held it: the score says that part of the question is not answered.
     reference = sum(query.weights[t] * idf.get(t, _idf(chunks, 1)) for t in wanted)
     rare = [t for t in held if held[t] <= max(COMMON * chunks, BROAD)]
     matched = rare or sorted(held, key=held.__getitem__)[:3]
-    rows = await _candidates(db, knowledge_base_ids, matched)
-    average = lengths / chunks
-    scored = []
-    for row in rows:
-        counts = Counter(row.terms.split())
-        norm = K1 * (1 - B + B * row.term_count / average)
-        value = sum(
-            query.weights[t] * idf[t] * counts[t] * (K1 + 1) / (counts[t] + norm)
-            for t in idf if counts[t]
-        )
-        share = value / reference
-        if share > 0 and share >= filter_score:
-            scored.append((share, row))
-    # Ranked by the share before the cap: of two chunks that both answer
-    # all of the question, the one that says more of it comes first.
-    scored.sort(key=lambda pair: (-pair[0], pair[1].id))
-    return [
-        Hit(row.id, row.knowledge_base_id, row.source_id, row.position, row.title, row.text,
-            round(min(1.0, share), 4), rank, row.source_title, row.source_url)
-        for rank, (share, row) in enumerate(scored[:top_k], start=1)
-    ]
+    return _Scorer(query.weights, idf, reference, lengths / chunks, matched)
 
 
 def _idf(chunks: int, holding: int) -> float:
@@ -144,11 +204,22 @@ def _dialect(db: AsyncSession | AsyncConnection) -> str:
     return (db.bind if isinstance(db, AsyncSession) else db).dialect.name
 
 
+_COLUMNS = (KnowledgeChunk.id, KnowledgeChunk.knowledge_base_id, KnowledgeChunk.source_id, KnowledgeChunk.position,
+            KnowledgeChunk.title, KnowledgeChunk.text, KnowledgeChunk.terms, KnowledgeChunk.term_count,
+            KnowledgeSource.title.label("source_title"), KnowledgeSource.url.label("source_url"))
+_WITH_SOURCE = KnowledgeSource.id == KnowledgeChunk.source_id
+
+
+async def _rows(db: AsyncSession | AsyncConnection, chunk_ids: list[int]) -> list:
+    if not chunk_ids:
+        return []
+    return list((await db.execute(
+        select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE).where(KnowledgeChunk.id.in_(chunk_ids))
+    )).all())
+
+
 async def _candidates(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], matched: list[str]) -> list:
-    columns = (KnowledgeChunk.id, KnowledgeChunk.knowledge_base_id, KnowledgeChunk.source_id, KnowledgeChunk.position,
-               KnowledgeChunk.title, KnowledgeChunk.text, KnowledgeChunk.terms, KnowledgeChunk.term_count,
-               KnowledgeSource.title.label("source_title"), KnowledgeSource.url.label("source_url"))
-    with_source = KnowledgeSource.id == KnowledgeChunk.source_id
+    columns, with_source = _COLUMNS, _WITH_SOURCE
     if _dialect(db) == "postgresql":
         tsquery = func.to_tsquery("simple", " | ".join(matched))
         tsv = literal_column("knowledge_chunks.tsv")  # migration 0010: outside the model
@@ -166,8 +237,4 @@ async def _candidates(db: AsyncSession | AsyncConnection, knowledge_base_ids: li
              "ORDER BY bm25(knowledge_chunks_fts, 0.0, 1.0) LIMIT :n"),
         {"q": f"kb : ({kbs}) AND terms : ({words})", "n": CANDIDATES},
     )).scalars().all()
-    if not ids:
-        return []
-    return list((await db.execute(
-        select(*columns).join(KnowledgeSource, with_source).where(KnowledgeChunk.id.in_(ids))
-    )).all())
+    return await _rows(db, list(ids))

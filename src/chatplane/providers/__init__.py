@@ -68,6 +68,13 @@ class Registry:
             )
         return await route.client.complete(route.upstream, request, on_delta)
 
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """Vectors of ``texts`` from the embeddings model ``model`` (``knowledge.embedding_model``)."""
+        route = self._routes.get(model)
+        if route is None:
+            raise ProviderError(f"embeddings model {model!r} is not offered by this server", code="model_unavailable")
+        return await route.client.embed(route.upstream, texts)
+
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()  # type: ignore[attr-defined]

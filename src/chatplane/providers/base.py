@@ -100,3 +100,7 @@ class ModelClient(Protocol):
         """Run one completion. With ``on_delta``, stream: text deltas are passed
         to it as they arrive, and the whole reply is still returned at the end."""
         ...
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """One vector per text, in order."""
+        ...

@@ -43,6 +43,8 @@ class EmbeddedModel:
         self._load_lock = threading.Lock()
         self._busy = asyncio.Lock()  # waiters wait on the loop, not in a thread
         self._generating = threading.Lock()  # held by the thread that runs llama.cpp
+        self._embedder: Any = None
+        self._embedding = threading.Lock()
 
     def _load(self) -> Any:
         with self._load_lock:
@@ -63,7 +65,37 @@ class EmbeddedModel:
             return self._llm
 
     async def aclose(self) -> None:
-        self._llm = None
+        self._llm = self._embedder = None
+
+    # --- embeddings: a second instance of the model, mean-pooled -------------
+
+    def _load_embedder(self) -> Any:
+        with self._load_lock:
+            if self._embedder is None:
+                from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+                threads = threads_for(self.settings)
+                # A whole text in one batch: pooling needs every token of it at once.
+                self._embedder = Llama(
+                    model_path=str(self.settings.model_path or default_model_path()), embedding=True,
+                    n_ctx=EMBED_CONTEXT, n_batch=EMBED_CONTEXT, n_ubatch=EMBED_CONTEXT, n_threads=threads,
+                    n_threads_batch=threads, pooling_type=LLAMA_POOLING_TYPE_MEAN, verbose=False,
+                )
+            return self._embedder
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """One vector per text: the model's hidden states, mean-pooled (a chat
+        model, not one trained for retrieval: weak, but on every machine)."""
+        embedder = await asyncio.to_thread(self._load_embedder)
+
+        def run() -> list[list[float]]:
+            with self._embedding:
+                return [embedder.embed(_fitted(embedder, text)) for text in texts]
+
+        try:
+            return await asyncio.to_thread(run)
+        except (ValueError, RuntimeError) as exc:
+            raise ProviderError(f"embedded model could not embed: {exc}") from None
 
     async def complete(self, model: str, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelReply:
         async with self._busy:
@@ -139,6 +171,17 @@ class EmbeddedModel:
             completion_tokens=completion_tokens,
             finish_reason=finish,
         )
+
+
+EMBED_CONTEXT = 1024  # tokens of a text that are embedded; the rest is cut
+
+
+def _fitted(embedder: Any, text: str) -> str:
+    """``text`` cut to the tokens an embedding takes."""
+    tokens = embedder.tokenize(text.encode(), add_bos=True, special=False)
+    if len(tokens) <= EMBED_CONTEXT - 8:
+        return text
+    return embedder.detokenize(tokens[1:EMBED_CONTEXT - 8]).decode(errors="ignore")
 
 
 def _reply(result: dict[str, Any]) -> ModelReply:

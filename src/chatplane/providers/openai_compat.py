@@ -14,6 +14,8 @@ connection errors; it honours ``Retry-After``). What still fails becomes a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -63,13 +65,28 @@ class OpenAICompatible:
                 }
             ),
         }
-        try:
+        with self._translated():
             if on_delta is None:
                 # The raw response, read with text.loads: building the typed
                 # ChatCompletion cost a tenth of a turn's CPU.
                 raw = await self.client.post("/chat/completions", content=_body(kwargs), cast_to=httpx2.Response)
                 return self._reply(text.loads(raw.content))  # a reply's bad code points become U+FFFD
             return await self._stream(kwargs, on_delta)
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """One vector per text, in order (``/embeddings``)."""
+        with self._translated():
+            response = await self.client.embeddings.create(model=model, input=texts, encoding_format="float")
+            vectors = [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
+            if len(vectors) != len(texts):
+                raise ValueError(f"{len(vectors)} vectors for {len(texts)} texts")
+            return vectors
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The client's errors as ours: a 502 (a 504 for a timeout) with the provider's reason."""
+        try:
+            yield
         except openai.APITimeoutError as exc:
             if _dropped(exc):
                 raise ProviderError(

@@ -95,12 +95,14 @@ class Turns:
         *,
         http: httpx.AsyncClient | None = None,
         allow_private_networks: bool = False,
+        embedding_model: str | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.locks = locks
+        self.retriever = Retriever(engine, registry, embedding_model)  # knowledge: turns' and the search route's
         self.responder: Responder = LlmResponder(
-            registry, tools.ToolRunner(http, allow_private_networks=allow_private_networks), Retriever(engine)
+            registry, tools.ToolRunner(http, allow_private_networks=allow_private_networks), self.retriever
         )
         self.store: TurnStore = open_store(engine, locks)
         self.history = HistoryCache()

@@ -60,7 +60,8 @@ def prompt_part(
 def retrieval_part(retrieval: Retrieval) -> dict[str, Any]:
     return {
         "knowledgeBaseIds": retrieval.knowledge_base_ids, "earlierMessages": retrieval.earlier,
-        "tookMs": retrieval.took_ms, "chunks": manifest_chunks(retrieval.hits),
+        "embeddingModel": retrieval.embedding_model, "tookMs": retrieval.took_ms,
+        "chunks": manifest_chunks(retrieval.hits),
     }
 
 
