@@ -14,7 +14,9 @@ HTTP as a user would:
   against them (``knowledge_questions.QUESTIONS``). A retrieved chunk is
   relevant when it comes from the question's page and holds its answer
   passage. Printed: recall@1, @3, @5 (a relevant chunk among the first k) and
-  MRR over the first 10, full-text ranking (``POST .../search``).
+  MRR over the first 10 (``POST .../search``), for full-text ranking, then on
+  a second server with ``--embedding-model`` (default: the embedded model,
+  mean-pooled: weak, but what every machine has) for dense and fused.
 - **speed**: knowledge bases of ``--sizes`` chunks (10,000 and 100,000):
   synthetic sections whose words are drawn from the man-page corpus with
   their frequencies there, so that terms are spread as in real text. Printed:
@@ -62,6 +64,8 @@ from harness import (  # noqa: E402
     wait_up,
 )
 from knowledge_questions import PAGES, QUESTIONS, render  # noqa: E402
+
+from chatplane.settings import EMBEDDED_MODEL  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 WS = 1
@@ -111,10 +115,13 @@ class Server:
 
 
 @asynccontextmanager
-async def serve(model: Stub, *, db: str, tmp: Path, pg_url: str) -> AsyncIterator[Server]:
+async def serve(model: Stub, *, db: str, tmp: Path, pg_url: str, embedding_model: str | None = None
+                ) -> AsyncIterator[Server]:
     async with fresh_database(db, tmp, pg_url, "chatplane_kb_bench") as url:
         env = server_env(model.url, data_dir=tmp / "chatplane", key=KEY,
                          database_url=url if db == "postgresql" else None)
+        if embedding_model:
+            env["CHATPLANE_KNOWLEDGE__EMBEDDING_MODEL"] = embedding_model
         port = free_port()
         server = start([sys.executable, "-m", "chatplane.cli", "serve", "--port", str(port), "--workers", "1",
                         "--log-level", "warning"], env=env)
@@ -165,7 +172,12 @@ def synthetic_sources(pages: dict[str, str], chunks: int, seed: int = 16) -> lis
 # --- the parts --------------------------------------------------------------------------
 
 
-async def quality(server: Server, pages: dict[str, str]) -> None:
+async def quality(server: Server, pages: dict[str, str], *, dense: bool = False) -> None:
+    """Full-text ranking; with ``dense`` (a server with an embeddings model) the
+    dense ranking and the fused one, from the same searches: asked for 50, the
+    fused list holds every chunk of the dense top 10 (RRF ranks any of them
+    above a chunk outside both top 10s), so the dense ranking is those hits
+    ordered by their cosine."""
     kb = await server.create("man pages")
     started = time.perf_counter()
     await server.add_texts(kb["knowledge_base_id"], [{"title": p, "text": t} for p, t in pages.items()])
@@ -175,22 +187,26 @@ async def quality(server: Server, pages: dict[str, str]) -> None:
     print(f"quality: {len(pages)} man pages, {done['chunk_count']} chunks (indexed in {took:.1f} s), "
           f"{len(QUESTIONS)} questions")
     asked = [q for q in QUESTIONS if q[1] in pages]
-    ranks = []
+    rankings: dict[str, list[int | None]] = {"fused": [], "dense": []} if dense else {"full-text": []}
     for question, page, answer in asked:
         response = await server.client.post(f"{BASE}/{kb['knowledge_base_id']}/search",
-                                            json={"workspaceId": WS, "query": question, "top_k": 10})
+                                            json={"workspaceId": WS, "query": question, "top_k": 50})
         hits = response.json()["chunks"]
-        rank = next((h["rank"] for h in hits
-                     if title_of[h["source_id"]] == page and normalized(answer) in normalized(h["text"])), None)
-        ranks.append(rank)
-    n = len(ranks)
-    recall = {k: sum(1 for r in ranks if r is not None and r <= k) / n for k in (1, 3, 5, 10)}
-    mrr = sum(1 / r for r in ranks if r is not None) / n
-    print(f"  full-text: recall@1 {recall[1]:.3f}  @3 {recall[3]:.3f}  @5 {recall[5]:.3f}  @10 {recall[10]:.3f}  "
-          f"MRR@10 {mrr:.3f}  (n={n})")
-    missed = [q for q, r in zip(asked, ranks) if r is None]
-    for question, page, _ in missed[:8]:
-        print(f"    missed: {question!r} ({page})")
+        orders = {"fused": hits[:10], "dense": sorted(hits, key=lambda h: -(h["dense_score"] or 0))[:10]} \
+            if dense else {"full-text": hits[:10]}
+        for name, order in orders.items():
+            rankings[name].append(next((rank for rank, h in enumerate(order, start=1) if title_of[h["source_id"]] == page
+                                        and normalized(answer) in normalized(h["text"])), None))
+    for name, ranks in rankings.items():
+        n = len(ranks)
+        recall = {k: sum(1 for r in ranks if r is not None and r <= k) / n for k in (1, 3, 5, 10)}
+        mrr = sum(1 / r for r in ranks if r is not None) / n
+        print(f"  {name}: recall@1 {recall[1]:.3f}  @3 {recall[3]:.3f}  @5 {recall[5]:.3f}  @10 {recall[10]:.3f}  "
+              f"MRR@10 {mrr:.3f}  (n={n})")
+    if not dense:
+        missed = [q for q, r in zip(asked, rankings["full-text"]) if r is None]
+        for question, page, _ in missed[:8]:
+            print(f"    missed: {question!r} ({page})")
 
 
 async def speed(server: Server, pages: dict[str, str], sizes: list[int], queries: int) -> dict[int, str]:
@@ -274,6 +290,9 @@ async def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="chunks of each speed knowledge base")
     parser.add_argument("--queries", type=int, default=500, help="searches timed at each size")
     parser.add_argument("--turns", type=int, default=200, help="turns timed with and without retrieval")
+    parser.add_argument("--embedding-model", default=EMBEDDED_MODEL,
+                        help="quality: the embeddings model of the dense and fused rankings (default: the embedded "
+                        "one); '' for full-text only")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     pages = man_corpus()
@@ -283,6 +302,11 @@ async def main() -> None:
         async with stub() as model, serve(model, db=args.db, tmp=Path(tmp), pg_url=args.pg_url) as server:
             if args.part in ("all", "quality"):
                 await quality(server, pages)
+                if args.embedding_model:
+                    async with serve(model, db=args.db, tmp=Path(tmp) / "dense", pg_url=args.pg_url,
+                                     embedding_model=args.embedding_model) as embedding:
+                        print(f"quality with embeddings model {args.embedding_model}:")
+                        await quality(embedding, pages, dense=True)
             made = {}
             if args.part in ("all", "speed"):
                 made = await speed(server, pages, sizes, args.queries)
