@@ -21,10 +21,10 @@ That is the scale ``kb_config.filter_score`` is on. It depends on the query
 and the chunk, hardly on the corpus, and not on the database: the same
 chunks score the same on SQLite and PostgreSQL.
 
-Terms that most chunks hold (over ``COMMON`` of them, and over ``BROAD``
-chunks) are left out of the candidate search when rarer ones remain (the
-database would rank nearly every chunk) but still count in the score. In a
-small knowledge base every term finds candidates.
+The candidates are looked for by the query's rarest terms only, as many as
+fit in ``POSTINGS`` chunk-term pairs (at least the rarest one): a term most
+chunks hold would make the database rank nearly all of them. Every term
+still counts in the score. In a small knowledge base every term is looked for.
 """
 
 from __future__ import annotations
@@ -51,10 +51,9 @@ K1 = 1.2
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 B = 0.75
 CANDIDATES = 50
-COMMON = 0.5
-BROAD = 2_000
+POSTINGS = 5_000
 MAX_QUERY_TERMS = 64
-ULID_AT = len("knowledge_base_")  # where the id's ULID starts: the FTS5 table indexes that part
+ULID_AT = len("knowledge_base_")  # where the id's ULID starts: the index's tokens hold that part
 
 
 @dataclass
@@ -191,8 +190,18 @@ async def _scorer(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[s
     # A term no chunk holds (a typo, a word the documents do not use) counts
     # as if one chunk held it: the score says that part of the question is not answered.
     reference = sum(query.weights[t] * idf.get(t, _idf(chunks, 1)) for t in wanted)
-    rare = [t for t in held if held[t] <= max(COMMON * chunks, BROAD)]
-    matched = rare or sorted(held, key=held.__getitem__)[:3]
+    # The candidate search looks for the rarest terms, as many as fit in
+    # POSTINGS chunk-term pairs: what the database must rank grows with them,
+    # and the common ones would make it rank most chunks (69 ms at 100k
+    # chunks, bench/knowledge.py). A chunk holding none of the rarer terms
+    # would score low anyway; the common terms still count in the score.
+    matched: list[str] = []
+    postings = 0
+    for term in sorted(held, key=lambda t: (held[t], t)):
+        if matched and postings + held[term] > POSTINGS:
+            break
+        matched.append(term)
+        postings += held[term]
     return _Scorer(query.weights, idf, reference, lengths / chunks, matched)
 
 
@@ -219,22 +228,22 @@ async def _rows(db: AsyncSession | AsyncConnection, chunk_ids: list[int]) -> lis
 
 
 async def _candidates(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], matched: list[str]) -> list:
-    columns, with_source = _COLUMNS, _WITH_SOURCE
+    # Each knowledge base's term t is indexed as the token k<ulid>t (migration
+    # 0010); terms are runs of letters and digits (terms.py), so a token is
+    # never FTS5 or tsquery syntax.
+    tokens = [f"k{kb[ULID_AT:]}{term}" for kb in knowledge_base_ids for term in matched]
     if _dialect(db) == "postgresql":
-        tsquery = func.to_tsquery("simple", " | ".join(matched))
+        tsquery = func.to_tsquery("simple", " | ".join(tokens))
         tsv = literal_column("knowledge_chunks.tsv")  # migration 0010: outside the model
         query = (
-            select(*columns).join(KnowledgeSource, with_source)
-            .where(KnowledgeChunk.knowledge_base_id.in_(knowledge_base_ids), tsv.op("@@")(tsquery))
+            select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE)
+            .where(tsv.op("@@")(tsquery), KnowledgeChunk.knowledge_base_id.in_(knowledge_base_ids))
             .order_by(func.ts_rank(tsv, tsquery).desc()).limit(CANDIDATES)
         )
         return list((await db.execute(query)).all())
-    # Terms are runs of letters and digits (terms.py): quoted, nothing in them is FTS5 syntax.
-    kbs = " OR ".join(f'"{kb[ULID_AT:]}"' for kb in knowledge_base_ids)
-    words = " OR ".join(f'"{t}"' for t in matched)
     ids = (await db.execute(
         text("SELECT rowid FROM knowledge_chunks_fts WHERE knowledge_chunks_fts MATCH :q "
-             "ORDER BY bm25(knowledge_chunks_fts, 0.0, 1.0) LIMIT :n"),
-        {"q": f"kb : ({kbs}) AND terms : ({words})", "n": CANDIDATES},
+             "ORDER BY bm25(knowledge_chunks_fts) LIMIT :n"),
+        {"q": " OR ".join(f'"{token}"' for token in tokens), "n": CANDIDATES},
     )).scalars().all()
     return await _rows(db, list(ids))

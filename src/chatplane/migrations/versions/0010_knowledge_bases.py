@@ -8,11 +8,17 @@ stemmed words the application makes, the same on both databases). The index
 itself is each database's own and lives outside the ORM model (``env.py``
 leaves it out of autogenerate's comparison):
 
-- SQLite: an FTS5 table over the chunks (external content, kept in step by
-  triggers), with the knowledge base's id as a column of its own so that a
-  query matches within the knowledge bases it names (``kb : "<ulid>"``).
+- SQLite: an FTS5 table over the chunks (contentless, kept in step by
+  triggers);
 - PostgreSQL: a generated ``tsvector`` column (``simple`` configuration:
   the terms are stemmed already) with a GIN index.
+
+Both index a chunk's term ``t`` of knowledge base ``knowledge_base_<ulid>``
+as the one token ``k<ulid>t``: a search in a knowledge base reads the
+postings of that knowledge base's terms and nothing else (with the
+knowledge base as a column of its own, FTS5 walked every row of the
+knowledge base for each query: 9 of 12 ms at 10k chunks). The ``k`` keeps
+a token from parsing as a number on PostgreSQL.
 """
 from alembic import op
 import sqlalchemy as sa
@@ -24,26 +30,23 @@ down_revision = '0009'
 branch_labels = None
 depends_on = None
 
-# The knowledge base's id is indexed by its ULID alone (what follows
-# "knowledge_base_"): unicode61 splits at the underscores, and the words
-# "knowledge" and "base" would be in every row.
+# "k" + the id's ULID (what follows "knowledge_base_") before each term.
+_SQLITE_TOKENS = "substr(replace(' ' || {row}.terms, ' ', ' k' || substr({row}.knowledge_base_id, 16)), 2)"
 SQLITE_FTS = (
     """CREATE VIRTUAL TABLE knowledge_chunks_fts USING fts5(
-        kb, terms, content='',
-        tokenize='unicode61 remove_diacritics 0')""",
-    """CREATE TRIGGER knowledge_chunks_ai AFTER INSERT ON knowledge_chunks BEGIN
-        INSERT INTO knowledge_chunks_fts(rowid, kb, terms)
-        VALUES (new.id, substr(new.knowledge_base_id, 16), new.terms);
+        terms, content='', tokenize='unicode61 remove_diacritics 0')""",
+    f"""CREATE TRIGGER knowledge_chunks_ai AFTER INSERT ON knowledge_chunks BEGIN
+        INSERT INTO knowledge_chunks_fts(rowid, terms) VALUES (new.id, {_SQLITE_TOKENS.format(row="new")});
     END""",
-    """CREATE TRIGGER knowledge_chunks_ad AFTER DELETE ON knowledge_chunks BEGIN
-        INSERT INTO knowledge_chunks_fts(knowledge_chunks_fts, rowid, kb, terms)
-        VALUES ('delete', old.id, substr(old.knowledge_base_id, 16), old.terms);
+    f"""CREATE TRIGGER knowledge_chunks_ad AFTER DELETE ON knowledge_chunks BEGIN
+        INSERT INTO knowledge_chunks_fts(knowledge_chunks_fts, rowid, terms)
+        VALUES ('delete', old.id, {_SQLITE_TOKENS.format(row="old")});
     END""",
 )
 
 POSTGRES_TSV = (
-    "ALTER TABLE knowledge_chunks ADD COLUMN tsv tsvector "
-    "GENERATED ALWAYS AS (to_tsvector('simple', terms)) STORED"
+    "ALTER TABLE knowledge_chunks ADD COLUMN tsv tsvector GENERATED ALWAYS AS "
+    "(to_tsvector('simple', replace(' ' || terms, ' ', ' k' || substr(knowledge_base_id, 16)))) STORED"
 )
 
 
