@@ -51,9 +51,9 @@ K1 = 1.2
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 B = 0.75
 CANDIDATES = 50
-POSTINGS = 5_000
+POSTINGS = 1_000
 MAX_QUERY_TERMS = 64
-ULID_AT = len("knowledge_base_")  # where the id's ULID starts: the index's tokens hold that part
+KEY_CHARS = 10  # the last characters of a knowledge base's id that its index tokens hold (migration 0010)
 
 
 @dataclass
@@ -112,7 +112,7 @@ async def search(
     nearest = await dense_cache.nearest(db, bases, dense, CANDIDATES) if dense is not None else []
     if nearest:
         unseen = [chunk_id for chunk_id, _ in nearest if chunk_id not in rows]
-        for row in await _rows(db, unseen):
+        for row in await _rows(db, unseen, knowledge_base_ids):
             rows[row.id] = row
             shares[row.id] = scorer.share(row) if scorer else 0.0
         return fuse(rows, shares, dict(nearest), top_k=top_k, filter_score=filter_score)
@@ -191,10 +191,11 @@ async def _scorer(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[s
     # as if one chunk held it: the score says that part of the question is not answered.
     reference = sum(query.weights[t] * idf.get(t, _idf(chunks, 1)) for t in wanted)
     # The candidate search looks for the rarest terms, as many as fit in
-    # POSTINGS chunk-term pairs: what the database must rank grows with them,
-    # and the common ones would make it rank most chunks (69 ms at 100k
-    # chunks, bench/knowledge.py). A chunk holding none of the rarer terms
-    # would score low anyway; the common terms still count in the score.
+    # POSTINGS chunk-term pairs: what the database must rank grows with them
+    # (PostgreSQL's ts_rank: ~10 us a pair), and the common ones would make it
+    # rank most chunks (69 ms at 100k chunks on SQLite, bench/knowledge.py).
+    # A chunk holding none of the rarer terms would score low anyway; the
+    # common terms still count in the score.
     matched: list[str] = []
     postings = 0
     for term in sorted(held, key=lambda t: (held[t], t)):
@@ -219,31 +220,34 @@ _COLUMNS = (KnowledgeChunk.id, KnowledgeChunk.knowledge_base_id, KnowledgeChunk.
 _WITH_SOURCE = KnowledgeSource.id == KnowledgeChunk.source_id
 
 
-async def _rows(db: AsyncSession | AsyncConnection, chunk_ids: list[int]) -> list:
+async def _rows(db: AsyncSession | AsyncConnection, chunk_ids: list[int], knowledge_base_ids: list[str]) -> list:
     if not chunk_ids:
         return []
     return list((await db.execute(
-        select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE).where(KnowledgeChunk.id.in_(chunk_ids))
+        select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE)
+        .where(KnowledgeChunk.id.in_(chunk_ids), KnowledgeChunk.knowledge_base_id.in_(knowledge_base_ids))
     )).all())
 
 
 async def _candidates(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], matched: list[str]) -> list:
-    # Each knowledge base's term t is indexed as the token k<ulid>t (migration
+    # Each knowledge base's term t is indexed as the token k<key>t (migration
     # 0010); terms are runs of letters and digits (terms.py), so a token is
     # never FTS5 or tsquery syntax.
-    tokens = [f"k{kb[ULID_AT:]}{term}" for kb in knowledge_base_ids for term in matched]
+    tokens = [f"k{kb[-KEY_CHARS:]}{term}" for kb in knowledge_base_ids for term in matched]
     if _dialect(db) == "postgresql":
+        # The ids alone, by the GIN index (the tokens say the knowledge bases:
+        # a filter on the column made the planner walk every row of the
+        # knowledge base instead), then the rows of the best.
         tsquery = func.to_tsquery("simple", " | ".join(tokens))
         tsv = literal_column("knowledge_chunks.tsv")  # migration 0010: outside the model
-        query = (
-            select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE)
-            .where(tsv.op("@@")(tsquery), KnowledgeChunk.knowledge_base_id.in_(knowledge_base_ids))
+        ids = (await db.execute(
+            select(KnowledgeChunk.id).where(tsv.op("@@")(tsquery))
             .order_by(func.ts_rank(tsv, tsquery).desc()).limit(CANDIDATES)
-        )
-        return list((await db.execute(query)).all())
+        )).scalars().all()
+        return await _rows(db, list(ids), knowledge_base_ids)
     ids = (await db.execute(
         text("SELECT rowid FROM knowledge_chunks_fts WHERE knowledge_chunks_fts MATCH :q "
              "ORDER BY bm25(knowledge_chunks_fts) LIMIT :n"),
         {"q": " OR ".join(f'"{token}"' for token in tokens), "n": CANDIDATES},
     )).scalars().all()
-    return await _rows(db, list(ids))
+    return await _rows(db, list(ids), knowledge_base_ids)
