@@ -158,6 +158,30 @@ def test_an_expired_lease_lets_another_worker_take_the_job(db, tmp_path: Path) -
     assert job.status == "done" and job.last_error is None
 
 
+def test_a_job_longer_than_its_lease_keeps_it_while_its_worker_lives(db, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    async def work(sessions):
+        async with transaction(sessions) as session:
+            await jobs.enqueue(session, "test.sleep", {"seconds": 2.0, "n": 1, "log": str(log)})
+        first = jobs.Worker(sessions, None, lease_s=0.6, poll_s=0.05)
+        second = jobs.Worker(sessions, None, lease_s=0.6, poll_s=0.05)
+        assert await first.run_once() == 1
+        # Three leases' time: without renewal the second worker would take it over.
+        deadline = time.monotonic() + 2.5
+        taken = 0
+        while time.monotonic() < deadline:
+            taken += await second.run_once()
+            await asyncio.sleep(0.05)
+        await first.drain()
+        await second.drain()
+        return taken, await all_jobs(sessions)
+
+    taken, [job] = run(db, work)
+    assert taken == 0 and job.attempts == 1 and job.status == "done"
+    assert log.read_text().splitlines() == ["1"]
+
+
 def test_two_workers_run_each_of_200_jobs_exactly_once(db, tmp_path: Path) -> None:
     log = tmp_path / "log"
 

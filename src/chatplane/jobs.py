@@ -240,6 +240,7 @@ class Worker:
     async def run_one(self, job: Job) -> None:
         fn = HANDLERS.get(job.kind)
         context = JobContext(self.sessions, self.services, job.id, job.attempts, job.max_attempts)
+        renewing = asyncio.create_task(self._keep_lease(job))
         try:
             if fn is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
@@ -254,6 +255,24 @@ class Worker:
             await self._finish(job, error=f"{type(exc).__name__}: {exc}"[:2000])
         else:
             await self._finish(job)
+        finally:
+            renewing.cancel()
+
+    async def _keep_lease(self, job: Job) -> None:
+        """While the handler runs, the lease is renewed every third of it: a
+        job longer than the lease (a long PDF, embedding many chunks) stays
+        this worker's. A worker that dies stops renewing, and its jobs are
+        taken over when their leases run out, as before."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                async with transaction(self.sessions) as session:
+                    await session.execute(
+                        update(Job).where(Job.id == job.id, Job.locked_by == self.name, Job.status == "running")
+                        .values(lease_until=self.clock() + timedelta(seconds=self.lease_s))
+                    )
+            except Exception:  # noqa: BLE001 - the next renewal may get through
+                log.warning("could not renew the lease of job %s", job.id, exc_info=True)
 
     async def _finish(
         self, job: Job, *, error: str | None = None, retry_after: float | None = None, counts: bool = True,
