@@ -33,4 +33,5 @@ test:
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	./scripts/ensure-postgres
 	./scripts/ensure-node
+	./scripts/ensure-chromium
 	$(VENV)/bin/pytest
