@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import await_only, greenlet_spawn
@@ -284,6 +286,13 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
         except BaseException:
             await session.rollback()
             raise
+
+
+def insert_of(session: AsyncSession) -> Any:
+    """``insert`` of the session's database, the one with ``on_conflict_do_*``
+    (PostgreSQL's and SQLite's have the same methods)."""
+    bind = session.bind
+    return pg_insert if bind is not None and bind.dialect.name == "postgresql" else sqlite_insert
 
 
 async def get_scoped(

@@ -29,12 +29,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, event, exists, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, aliased
 
-from chatplane.db import run_unit, transaction, utcnow
+from chatplane.db import insert_of, run_unit, transaction, utcnow
 from chatplane.models import Job
 
 log = logging.getLogger(__name__)
@@ -111,8 +109,7 @@ async def enqueue(
         "run_at": run_at or utcnow(), "ordering_key": ordering_key, "dedupe_key": dedupe_key,
         "created_at": utcnow(),
     }
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = insert_of(session)
     statement = insert(Job).values(**values)
     if dedupe_key is not None:
         statement = statement.on_conflict_do_nothing(index_elements=["kind", "dedupe_key"])

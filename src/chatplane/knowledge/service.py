@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs
-from chatplane.db import get_scoped, utcnow
+from chatplane.db import get_scoped, insert_of, utcnow
 from chatplane.errors import Conflict, NotFound
 from chatplane.ids import new_id
 from chatplane.models import (
@@ -226,10 +224,6 @@ async def list_chunks(
 # --- the index: what ingest writes and deletes --------------------------------
 
 
-def chunk_terms(terms: str) -> Counter[str]:
-    return Counter(terms.split())
-
-
 async def drop_chunks(session: AsyncSession, base: KnowledgeBase, source_id: str) -> None:
     """Take a source's chunks out of the index and out of the knowledge base's counts."""
     rows = (await session.execute(
@@ -273,7 +267,7 @@ async def _count_terms(session: AsyncSession, knowledge_base_id: str, holding: C
     rows = [{"b_base": knowledge_base_id, "b_term": term, "b_n": n} for term, n in sorted(holding.items())]
     table = KnowledgeTerm.__table__
     if sign > 0:
-        insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+        insert = insert_of(session)
         statement = insert(table).values(
             knowledge_base_id=bindparam("b_base"), term=bindparam("b_term"), chunks=bindparam("b_n")
         )

@@ -17,12 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatplane import jobs, outbound, text
-from chatplane.db import utcnow
+from chatplane.db import insert_of, utcnow
 from chatplane.errors import AppError, InvalidInput
 from chatplane.ids import new_id
 from chatplane.models import PhoneNumber, SmsMessage
@@ -92,8 +90,7 @@ async def receive_text(
             media.append({"url": _clean(media_url), "content_type": _clean(params.get(f"MediaContentType{index}", ""))})
 
     now = utcnow()
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = insert_of(session)
     inserted = await session.scalar(
         insert(SmsMessage)
         .values(
