@@ -11,7 +11,8 @@ import pytest
 
 from chatplane import auth
 from chatplane.db import create_engine, create_sessionmaker, migrate, transaction
-from chatplane.knowledge import service
+from chatplane.knowledge import dense, service
+from chatplane.knowledge.dense import Query as DenseQuery
 from chatplane.knowledge.search import Query, fuse, search
 from chatplane.knowledge.terms import terms
 from chatplane.settings import Settings
@@ -157,3 +158,54 @@ def test_fusion_filters_on_the_better_score_then_cuts_at_top_k() -> None:
     kept = fuse(rows, shares, cosines, top_k=10, filter_score=0.6)
     assert {h.chunk_id for h in kept} == {2, 4}
     assert [h.chunk_id for h in fuse(rows, shares, cosines, top_k=1, filter_score=0.0)] == [2]
+
+
+# --- dense: a process's vectors follow the index ------------------------------------
+
+
+def test_vectors_are_read_again_when_a_source_is_reindexed_to_as_many_chunks(tmp_path: Path) -> None:
+    """A source re-indexed to the same number of chunks, with no status change
+    (another source still pending): the cache must not keep the old vectors."""
+    for kind in BACKENDS:
+        settings = fresh_settings(kind, tmp_path / kind)
+        try:
+            migrate(settings)
+            assert asyncio.run(_reindexed_and_searched(settings)) == ("new", "new")
+        finally:
+            dispose_settings(settings)
+
+
+async def _reindexed_and_searched(settings: Settings) -> tuple[str, str]:
+    engine = create_engine(settings, pooled=False)
+    sessions = create_sessionmaker(engine)
+    vector = DenseQuery(dense.unit([1.0, 0.0, 0.0]), "m")
+
+    def rows(kb_id: str, source_id: str, text: str, direction: list[float]) -> list[dict[str, Any]]:
+        [row] = _rows(kb_id, source_id, [text])
+        return [{**row, "embedding": dense.packed(direction), "embedding_model": "m"}]
+
+    try:
+        async with transaction(sessions) as session:
+            workspace = await auth.create_workspace(session, name="w")
+            base = await service.create_base(
+                session, workspace_id=workspace.id, name="b", max_chunk_size=2000, min_chunk_size=10,
+                enable_auto_refresh=False, texts=[("a", "a"), ("b", "b")], urls=[], files=[],
+            )
+            source = (await service.sources_of(session, base.id))[0]
+            await service.add_chunks(session, base, source.id, rows(base.id, source.id, "old", [1.0, 0.0, 0.0]))
+        async with sessions() as session:
+            [before] = await search(session, [base.id], Query.of("zzz"), top_k=1, dense=vector)
+            assert before.text == "old"
+        async with transaction(sessions) as session:  # what the index job does, the other source pending
+            base = await service.get_base(session, workspace_id=workspace.id, knowledge_base_id=base.id, for_update=True)
+            await service.drop_chunks(session, base, source.id)
+            await service.add_chunks(session, base, source.id, rows(base.id, source.id, "new", [1.0, 0.0, 0.0]))
+            await service.settle(session, base)
+        found = []
+        for _ in range(2):
+            async with sessions() as session:
+                [hit] = await search(session, [base.id], Query.of("zzz"), top_k=1, dense=vector)
+                found.append(hit.text)
+        return found[0], found[1]
+    finally:
+        await engine.dispose()

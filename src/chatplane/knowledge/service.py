@@ -225,7 +225,11 @@ async def list_chunks(
 
 
 async def drop_chunks(session: AsyncSession, base: KnowledgeBase, source_id: str) -> None:
-    """Take a source's chunks out of the index and out of the knowledge base's counts."""
+    """Take a source's chunks out of the index and out of the knowledge base's counts.
+
+    Both this and ``add_chunks`` move the knowledge base's ``updated_at``:
+    what changes its chunks changes it, and each process's vectors of it
+    (``dense.VectorCache``) are read again."""
     rows = (await session.execute(
         select(KnowledgeChunk.terms, KnowledgeChunk.term_count).where(KnowledgeChunk.source_id == source_id)
     )).all()
@@ -239,7 +243,7 @@ async def drop_chunks(session: AsyncSession, base: KnowledgeBase, source_id: str
     await session.execute(
         update(KnowledgeBase).where(KnowledgeBase.id == base.id).values(
             chunk_count=KnowledgeBase.chunk_count - len(rows),
-            term_count=KnowledgeBase.term_count - sum(count for _, count in rows),
+            term_count=KnowledgeBase.term_count - sum(count for _, count in rows), updated_at=utcnow(),
         )
     )
 
@@ -256,7 +260,7 @@ async def add_chunks(session: AsyncSession, base: KnowledgeBase, source_id: str,
     await session.execute(
         update(KnowledgeBase).where(KnowledgeBase.id == base.id).values(
             chunk_count=KnowledgeBase.chunk_count + len(chunks),
-            term_count=KnowledgeBase.term_count + sum(chunk["term_count"] for chunk in chunks),
+            term_count=KnowledgeBase.term_count + sum(chunk["term_count"] for chunk in chunks), updated_at=utcnow(),
         )
     )
 
