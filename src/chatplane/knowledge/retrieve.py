@@ -35,7 +35,6 @@ class Retrieval:
     """What one turn's search found, and how long it took."""
 
     knowledge_base_ids: list[str]
-    query: str  # the user's message the query was built from
     earlier: int  # how many messages before it joined the query
     hits: list[Hit]
     took_ms: float
@@ -73,7 +72,7 @@ class Retriever:
             hits = await search(conn, ids, query, top_k=kb_config.get("top_k", 3),
                                 filter_score=kb_config.get("filter_score", 0.6), dense=vector)
         took = (time.perf_counter() - started) * 1000
-        return Retrieval(ids, asked, earlier, hits, round(took, 3), vector.model if vector else None)
+        return Retrieval(ids, earlier, hits, round(took, 3), vector.model if vector else None)
 
     async def query_vector(self, text: str, before: str = "") -> DenseQuery | None:
         """The query's vector (with the message before it, for "it"); None
