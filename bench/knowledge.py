@@ -35,11 +35,13 @@ import asyncio
 import json
 import random
 import re
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +148,28 @@ def man_corpus() -> dict[str, str]:
     return pages
 
 
+def other_pages(count: int) -> dict[str, str]:
+    """``count`` man pages of this machine's sections 1, 8, 5 and 7 that are not
+    ``PAGES`` (in name order), rendered: real text about much the same things."""
+    names = sorted({path.name.split(".")[0] for section in ("man1", "man8", "man5", "man7")
+                    for path in (Path("/usr/share/man") / section).glob("*")} - set(PAGES))
+    pages: dict[str, str] = {}
+    with ThreadPoolExecutor(4) as pool:
+        for start in range(0, len(names), 100):
+            batch = names[start:start + 100]
+            pages.update((name, text) for name, text in zip(batch, pool.map(_rendered, batch)) if len(text) > 200)
+            if len(pages) >= count:
+                break
+    return dict(list(pages.items())[:count])
+
+
+def _rendered(page: str) -> str:
+    try:
+        return render(page)
+    except subprocess.CalledProcessError:  # a page man(1) cannot show
+        return ""
+
+
 def normalized(text: str) -> str:
     return " ".join(text.split())
 
@@ -172,19 +196,25 @@ def synthetic_sources(pages: dict[str, str], chunks: int, seed: int = 16) -> lis
 # --- the parts --------------------------------------------------------------------------
 
 
-async def quality(server: Server, pages: dict[str, str], *, dense: bool = False) -> None:
+async def quality(server: Server, pages: dict[str, str], *, dense: bool = False, others: dict[str, str] | None = None
+                  ) -> None:
     """Full-text ranking; with ``dense`` (a server with an embeddings model) the
     dense ranking and the fused one, from the same searches: asked for 50, the
     fused list holds every chunk of the dense top 10 (RRF ranks any of them
     above a chunk outside both top 10s), so the dense ranking is those hits
-    ordered by their cosine."""
+    ordered by their cosine. With ``others``, the man pages share their
+    knowledge base with those (``other_pages``): the same questions, asked of
+    a large knowledge base of real text."""
     kb = await server.create("man pages")
     started = time.perf_counter()
+    if others:
+        await server.add_texts(kb["knowledge_base_id"], [{"title": p, "text": t} for p, t in others.items()])
     await server.add_texts(kb["knowledge_base_id"], [{"title": p, "text": t} for p, t in pages.items()])
     done = await server.settled(kb["knowledge_base_id"])
     took = time.perf_counter() - started
     title_of = {s["source_id"]: s["title"] for s in done["knowledge_base_sources"]}
-    print(f"quality: {len(pages)} man pages, {done['chunk_count']} chunks (indexed in {took:.1f} s), "
+    print(f"quality: {len(pages)} man pages{f' and {len(others)} others' if others else ''}, "
+          f"{done['chunk_count']} chunks (indexed in {took:.1f} s), "
           f"{len(QUESTIONS)} questions")
     asked = [q for q in QUESTIONS if q[1] in pages]
     rankings: dict[str, list[int | None]] = {"fused": [], "dense": []} if dense else {"full-text": []}
@@ -289,6 +319,8 @@ async def main() -> None:
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
     parser.add_argument("--sizes", default="10000,100000", help="chunks of each speed knowledge base")
     parser.add_argument("--queries", type=int, default=500, help="searches timed at each size")
+    parser.add_argument("--other-pages", type=int, default=0,
+                        help="quality: as many other man pages of this machine in the same knowledge base")
     parser.add_argument("--turns", type=int, default=200, help="turns timed with and without retrieval")
     parser.add_argument("--embedding-model", default=EMBEDDED_MODEL,
                         help="quality: the embeddings model of the dense and fused rankings (default: the embedded "
@@ -301,12 +333,13 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with stub() as model, serve(model, db=args.db, tmp=Path(tmp), pg_url=args.pg_url) as server:
             if args.part in ("all", "quality"):
-                await quality(server, pages)
+                others = other_pages(args.other_pages) if args.other_pages else None
+                await quality(server, pages, others=others)
                 if args.embedding_model:
                     async with serve(model, db=args.db, tmp=Path(tmp) / "dense", pg_url=args.pg_url,
                                      embedding_model=args.embedding_model) as embedding:
                         print(f"quality with embeddings model {args.embedding_model}:")
-                        await quality(embedding, pages, dense=True)
+                        await quality(embedding, pages, dense=True, others=others)
             made = {}
             if args.part in ("all", "speed"):
                 made = await speed(server, pages, sizes, args.queries)

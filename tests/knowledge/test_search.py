@@ -12,8 +12,9 @@ import pytest
 from chatplane import auth
 from chatplane.db import create_engine, create_sessionmaker, migrate, transaction
 from chatplane.knowledge import dense, service
+from chatplane.knowledge import search as search_module
 from chatplane.knowledge.dense import Query as DenseQuery
-from chatplane.knowledge.search import Query, fuse, search
+from chatplane.knowledge.search import Lookup, Query, fuse, search
 from chatplane.knowledge.terms import terms
 from chatplane.settings import Settings
 from tests.conftest import BACKENDS, dispose_settings, fresh_settings
@@ -37,17 +38,18 @@ def _rows(kb_id: str, source_id: str, texts: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _searches(kind: str, tmp: Path, queries: list[Query]) -> list[list[tuple[int, float]]]:
-    """Index TEXTS in a fresh database of ``kind``; each query's (position, score) hits."""
+def _searches(kind: str, tmp: Path, queries: list[Query], texts: list[str] = TEXTS) -> list[list[tuple[int, float]]]:
+    """Index ``texts`` in a fresh database of ``kind``; each query's (position, score) hits."""
     settings = fresh_settings(kind, tmp)
     try:
         migrate(settings)
-        return asyncio.run(_indexed_and_searched(settings, queries))
+        return asyncio.run(_indexed_and_searched(settings, queries, texts))
     finally:
         dispose_settings(settings)
 
 
-async def _indexed_and_searched(settings: Settings, queries: list[Query]) -> list[list[tuple[int, float]]]:
+async def _indexed_and_searched(settings: Settings, queries: list[Query], texts: list[str]
+                                ) -> list[list[tuple[int, float]]]:
     engine = create_engine(settings, pooled=False)
     sessions = create_sessionmaker(engine)
     try:
@@ -55,10 +57,10 @@ async def _indexed_and_searched(settings: Settings, queries: list[Query]) -> lis
             workspace = await auth.create_workspace(session, name="w")
             base = await service.create_base(
                 session, workspace_id=workspace.id, name="fruit", max_chunk_size=2000, min_chunk_size=10,
-                enable_auto_refresh=False, texts=[("fruit", "\n\n".join(TEXTS))], urls=[], files=[],
+                enable_auto_refresh=False, texts=[("fruit", "\n\n".join(texts))], urls=[], files=[],
             )
             source = (await service.sources_of(session, base.id))[0]
-            await service.add_chunks(session, base, source.id, _rows(base.id, source.id, TEXTS))
+            await service.add_chunks(session, base, source.id, _rows(base.id, source.id, texts))
             # Noise in another knowledge base: neither its chunks nor its counts reach the first one's.
             other = await service.create_base(
                 session, workspace_id=workspace.id, name="noise", max_chunk_size=2000, min_chunk_size=10,
@@ -121,6 +123,44 @@ def test_earlier_messages_count_half(results: dict[str, Any]) -> None:
     hits = results["sqlite"][4]
     assert hits[0][0] == 2  # "bananas" (from before) breaks the tie between the two "grow" chunks
     assert hits[0][1] < 1.0  # "please" is in no chunk
+
+
+# --- what the database ranks (knowledge.search.Lookup) ----------------------------
+
+
+def test_the_rarest_terms_are_looked_for_as_many_as_fit() -> None:
+    lookup = Lookup.of({"the": 900, "refund": 40, "premium": 300, "plan": 700}, chunks=10_000)
+    assert lookup == Lookup(["refund", "premium"], [], True)  # 340 postings; with "plan" 1040 > POSTINGS
+    assert Lookup.of({"the": 9_000}, chunks=10_000).all_of == ["the"]  # even the rarest too common: below
+
+
+def test_common_terms_only_are_looked_for_together() -> None:
+    # Each in 2 % to 50 % of 100,000 chunks: 100,000 * 0.02 * 0.03 = 60 expected to hold both.
+    lookup = Lookup.of({"file": 50_000, "lines": 3_000, "how": 2_000}, chunks=100_000)
+    assert lookup == Lookup(["how", "lines", "file"], ["how", "lines"], True)
+    # All of them together still more than POSTINGS, or nothing left to rank by: any of them, unranked.
+    assert Lookup.of({"file": 50_000, "line": 40_000}, chunks=100_000) == \
+        Lookup(["line", "file"], ["line", "file"], False)
+    assert Lookup.of({"file": 50_000}, chunks=100_000) == Lookup(["file"], ["file"], False)
+
+
+COMMON = ["alpha gamma", "alpha delta", "beta gamma", "alpha beta", "beta delta"]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_chunks_holding_the_common_terms_together_come_first_then_any_holding_the_rarest(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each term in more chunks than POSTINGS: the one chunk holding both is
+    found though it is not the first of either term's; then, too few together,
+    others holding the rarer ("alpha", by name on a tie)."""
+    monkeypatch.setattr(search_module, "POSTINGS", 1)
+    monkeypatch.setattr(search_module, "CANDIDATES", 1)
+    [[best]] = _searches(kind, tmp_path / "one", [Query.of("alpha beta")], COMMON)
+    assert best == (3, 1.0)
+    monkeypatch.setattr(search_module, "CANDIDATES", 3)
+    [hits] = _searches(kind, tmp_path / "three", [Query.of("alpha beta")], COMMON)
+    assert hits[0] == (3, 1.0)
+    assert sorted(position for position, _ in hits[1:]) == [0, 1]  # alpha's, not beta's
 
 
 def test_query_terms_and_weights() -> None:

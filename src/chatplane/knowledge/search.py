@@ -21,10 +21,16 @@ That is the scale ``kb_config.filter_score`` is on. It depends on the query
 and the chunk, hardly on the corpus, and not on the database: the same
 chunks score the same on SQLite and PostgreSQL.
 
-The candidates are looked for by the query's rarest terms only, as many as
-fit in ``POSTINGS`` chunk-term pairs (at least the rarest one): a term most
-chunks hold would make the database rank nearly all of them. Every term
-still counts in the score. In a small knowledge base every term is looked for.
+What the database ranks is kept to about ``POSTINGS`` chunks (``Lookup``),
+whatever the size of the knowledge base: ranking costs per chunk ranked
+(PostgreSQL's ``ts_rank`` reads each one's row: ~3 us), and a term most
+chunks hold would make it rank nearly all of them. So the candidates are the
+chunks holding any of the query's rarest terms, as many terms as fit in
+``POSTINGS`` chunk-term pairs; when even the rarest term is held by more
+chunks than that, they are the chunks holding the rarest terms together
+(``all_of``), as many terms as it takes for the expected number of such
+chunks to fit. Every term still counts in the score. In a small knowledge
+base every term is looked for.
 """
 
 from __future__ import annotations
@@ -107,7 +113,7 @@ async def search(
     if not chunks:
         return []
     scorer = await _scorer(db, knowledge_base_ids, query, chunks, sum(b.term_count for b in bases))
-    rows = {row.id: row for row in await _candidates(db, knowledge_base_ids, scorer.matched)} if scorer else {}
+    rows = {row.id: row for row in await _candidates(db, knowledge_base_ids, scorer.lookup)} if scorer else {}
     shares = {chunk_id: scorer.share(row) for chunk_id, row in rows.items()} if scorer else {}
     nearest = await dense_cache.nearest(db, bases, dense, CANDIDATES) if dense is not None else []
     if nearest:
@@ -161,7 +167,7 @@ class _Scorer:
     idf: dict[str, float]
     reference: float
     average: float
-    matched: list[str]  # the terms the candidate search looks for
+    lookup: Lookup  # how the database finds the candidates
 
     def share(self, row: Any) -> float:
         counts = Counter(row.terms.split())
@@ -190,20 +196,45 @@ async def _scorer(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[s
     # A term no chunk holds (a typo, a word the documents do not use) counts
     # as if one chunk held it: the score says that part of the question is not answered.
     reference = sum(query.weights[t] * idf.get(t, _idf(chunks, 1)) for t in wanted)
-    # The candidate search looks for the rarest terms, as many as fit in
-    # POSTINGS chunk-term pairs: what the database must rank grows with them
-    # (PostgreSQL's ts_rank: ~10 us a pair), and the common ones would make it
-    # rank most chunks (69 ms at 100k chunks on SQLite, bench/knowledge.py).
-    # A chunk holding none of the rarer terms would score low anyway; the
-    # common terms still count in the score.
-    matched: list[str] = []
-    postings = 0
-    for term in sorted(held, key=lambda t: (held[t], t)):
-        if matched and postings + held[term] > POSTINGS:
-            break
-        matched.append(term)
-        postings += held[term]
-    return _Scorer(query.weights, idf, reference, lengths / chunks, matched)
+    return _Scorer(query.weights, idf, reference, lengths / chunks, Lookup.of(held, chunks))
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """How the database finds the candidates: the chunks holding every term of
+    ``all_of`` when it names any, else any term of ``any_of``; ranked (by the
+    database, among those found, with ``any_of``) only when they are expected
+    to be at most ``POSTINGS``, else any ``CANDIDATES`` of them."""
+
+    any_of: list[str]
+    all_of: list[str]
+    ranked: bool
+
+    @classmethod
+    def of(cls, held: dict[str, int], chunks: int) -> Lookup:
+        """From the number of chunks holding each term (``held``) of ``chunks``."""
+        rarest = sorted(held, key=lambda t: (held[t], t))
+        if held[rarest[0]] <= POSTINGS:
+            # The rarest terms, as many as fit: a chunk holding none of them
+            # would score low anyway (69 ms at 100k chunks on SQLite with
+            # every term looked for, 11 ms with these, bench/knowledge.py).
+            any_of, postings = [], 0
+            for term in rarest:
+                if any_of and postings + held[term] > POSTINGS:
+                    break
+                any_of.append(term)
+                postings += held[term]
+            return cls(any_of, [], True)
+        # Every term is common ("how many lines are in this file"): the chunks
+        # holding the rarest ones together, expected (were the terms
+        # independent) to be n * p1 * p2 ... of the n chunks.
+        all_of, expected = [], float(chunks)
+        for term in rarest:
+            if all_of and expected <= POSTINGS:
+                break
+            all_of.append(term)
+            expected *= held[term] / chunks
+        return cls(rarest, all_of, expected <= POSTINGS and len(all_of) < len(rarest))
 
 
 def _idf(chunks: int, holding: int) -> float:
@@ -223,31 +254,47 @@ _WITH_SOURCE = KnowledgeSource.id == KnowledgeChunk.source_id
 async def _rows(db: AsyncSession | AsyncConnection, chunk_ids: list[int], knowledge_base_ids: list[str]) -> list:
     if not chunk_ids:
         return []
-    return list((await db.execute(
-        select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE)
-        .where(KnowledgeChunk.id.in_(chunk_ids), KnowledgeChunk.knowledge_base_id.in_(knowledge_base_ids))
-    )).all())
+    # By id alone, the knowledge bases checked here: a condition on the
+    # knowledge base made PostgreSQL's planner read that knowledge base's
+    # whole index beside the ids' (4 ms of 100k chunks, bench/knowledge.py).
+    wanted = set(knowledge_base_ids)
+    rows = (await db.execute(
+        select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE).where(KnowledgeChunk.id.in_(chunk_ids))
+    )).all()
+    return [row for row in rows if row.knowledge_base_id in wanted]
 
 
-async def _candidates(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], matched: list[str]) -> list:
+async def _candidates(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], lookup: Lookup) -> list:
+    ids = await _ids(db, knowledge_base_ids, lookup.any_of, lookup.all_of, ranked=lookup.ranked)
+    if lookup.all_of and len(ids) < CANDIDATES:
+        # Too few chunks hold the rarest terms together: any others that hold the rarest.
+        more = await _ids(db, knowledge_base_ids, lookup.all_of[:1], [], ranked=False)
+        ids += [chunk_id for chunk_id in more if chunk_id not in ids][:CANDIDATES - len(ids)]
+    return await _rows(db, ids, knowledge_base_ids)
+
+
+async def _ids(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str], any_of: list[str],
+               all_of: list[str], *, ranked: bool) -> list[int]:
     # Each knowledge base's term t is indexed as the token k<key>t (migration
     # 0010); terms are runs of letters and digits (terms.py), so a token is
     # never FTS5 or tsquery syntax.
-    tokens = [f"k{kb[-KEY_CHARS:]}{term}" for kb in knowledge_base_ids for term in matched]
+    keys = [f"k{kb[-KEY_CHARS:]}" for kb in knowledge_base_ids]
     if _dialect(db) == "postgresql":
         # The ids alone, by the GIN index (the tokens say the knowledge bases:
         # a filter on the column made the planner walk every row of the
-        # knowledge base instead), then the rows of the best.
-        tsquery = func.to_tsquery("simple", " | ".join(tokens))
+        # knowledge base instead), then the rows of the best. ts_rank of a
+        # stripped tsvector counts the query's terms a chunk holds.
+        anyof = func.to_tsquery("simple", " | ".join(key + t for key in keys for t in any_of))
+        found = (func.to_tsquery("simple", " | ".join("(" + " & ".join(key + t for t in all_of) + ")" for key in keys))
+                 if all_of else anyof)
         tsv = literal_column("knowledge_chunks.tsv")  # migration 0010: outside the model
-        ids = (await db.execute(
-            select(KnowledgeChunk.id).where(tsv.op("@@")(tsquery))
-            .order_by(func.ts_rank(tsv, tsquery).desc()).limit(CANDIDATES)
-        )).scalars().all()
-        return await _rows(db, list(ids), knowledge_base_ids)
-    ids = (await db.execute(
-        text("SELECT rowid FROM knowledge_chunks_fts WHERE knowledge_chunks_fts MATCH :q "
-             "ORDER BY bm25(knowledge_chunks_fts) LIMIT :n"),
-        {"q": " OR ".join(f'"{token}"' for token in tokens), "n": CANDIDATES},
-    )).scalars().all()
-    return await _rows(db, list(ids), knowledge_base_ids)
+        query = select(KnowledgeChunk.id).where(tsv.op("@@")(found)).limit(CANDIDATES)
+        return list((await db.execute(
+            query.order_by(func.ts_rank(tsv, anyof).desc()) if ranked else query)).scalars().all())
+    match = " OR ".join("(" + " AND ".join(f'"{key}{t}"' for t in all_of) + ")" for key in keys) if all_of else \
+        " OR ".join(f'"{key}{t}"' for key in keys for t in any_of)
+    order = "ORDER BY bm25(knowledge_chunks_fts) " if ranked else ""
+    return list((await db.execute(
+        text(f"SELECT rowid FROM knowledge_chunks_fts WHERE knowledge_chunks_fts MATCH :q {order}LIMIT :n"),
+        {"q": match, "n": CANDIDATES},
+    )).scalars().all())
