@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,7 +205,9 @@ class Lookup:
     """How the database finds the candidates: the chunks holding every term of
     ``all_of`` when it names any, else any term of ``any_of``; ranked (by the
     database, among those found, with ``any_of``) only when they are expected
-    to be at most ``POSTINGS``, else any ``CANDIDATES`` of them."""
+    to be at most ``POSTINGS`` and ``any_of`` has a term that ``all_of`` has
+    not (else PostgreSQL's ranking would be the same for every chunk found),
+    else any ``CANDIDATES`` of them."""
 
     any_of: list[str]
     all_of: list[str]
@@ -216,8 +219,8 @@ class Lookup:
         rarest = sorted(held, key=lambda t: (held[t], t))
         if held[rarest[0]] <= POSTINGS:
             # The rarest terms, as many as fit: a chunk holding none of them
-            # would score low anyway (69 ms at 100k chunks on SQLite with
-            # every term looked for, 11 ms with these, bench/knowledge.py).
+            # would score low anyway (SQLite at 100k chunks, p50: 68.9 ms with
+            # every term looked for, 5.9 ms with these; bench/README.md).
             any_of, postings = [], 0
             for term in rarest:
                 if any_of and postings + held[term] > POSTINGS:
@@ -256,7 +259,7 @@ async def _rows(db: AsyncSession | AsyncConnection, chunk_ids: list[int], knowle
         return []
     # By id alone, the knowledge bases checked here: a condition on the
     # knowledge base made PostgreSQL's planner read that knowledge base's
-    # whole index beside the ids' (4 ms of 100k chunks, bench/knowledge.py).
+    # whole index beside the ids' (4.3 ms of 100k chunks, EXPLAIN ANALYZE).
     wanted = set(knowledge_base_ids)
     rows = (await db.execute(
         select(*_COLUMNS).join(KnowledgeSource, _WITH_SOURCE).where(KnowledgeChunk.id.in_(chunk_ids))
@@ -284,17 +287,25 @@ async def _ids(db: AsyncSession | AsyncConnection, knowledge_base_ids: list[str]
         # a filter on the column made the planner walk every row of the
         # knowledge base instead), then the rows of the best. ts_rank of a
         # stripped tsvector counts the query's terms a chunk holds.
-        anyof = func.to_tsquery("simple", " | ".join(key + t for key in keys for t in any_of))
-        found = (func.to_tsquery("simple", " | ".join("(" + " & ".join(key + t for t in all_of) + ")" for key in keys))
-                 if all_of else anyof)
+        anyof = func.to_tsquery("simple", _expression(keys, any_of, [], "|", "&", str))
+        found = func.to_tsquery("simple", _expression(keys, any_of, all_of, "|", "&", str)) if all_of else anyof
         tsv = literal_column("knowledge_chunks.tsv")  # migration 0010: outside the model
         query = select(KnowledgeChunk.id).where(tsv.op("@@")(found)).limit(CANDIDATES)
         return list((await db.execute(
             query.order_by(func.ts_rank(tsv, anyof).desc()) if ranked else query)).scalars().all())
-    match = " OR ".join("(" + " AND ".join(f'"{key}{t}"' for t in all_of) + ")" for key in keys) if all_of else \
-        " OR ".join(f'"{key}{t}"' for key in keys for t in any_of)
+    match = _expression(keys, any_of, all_of, "OR", "AND", lambda token: f'"{token}"')
     order = "ORDER BY bm25(knowledge_chunks_fts) " if ranked else ""
     return list((await db.execute(
         text(f"SELECT rowid FROM knowledge_chunks_fts WHERE knowledge_chunks_fts MATCH :q {order}LIMIT :n"),
         {"q": match, "n": CANDIDATES},
     )).scalars().all())
+
+
+def _expression(keys: list[str], any_of: list[str], all_of: list[str], or_: str, and_: str,
+                token: Callable[[str], str]) -> str:
+    """A tsquery or an FTS5 query (by its operators and how it writes a token):
+    in each knowledge base (``keys``), every term of ``all_of`` when it names
+    any, else any term of ``any_of``."""
+    if all_of:
+        return f" {or_} ".join("(" + f" {and_} ".join(token(key + t) for t in all_of) + ")" for key in keys)
+    return f" {or_} ".join(token(key + t) for key in keys for t in any_of)
